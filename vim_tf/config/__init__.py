@@ -1,0 +1,1 @@
+"""vim_tf.config."""
