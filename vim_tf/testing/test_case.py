@@ -9,6 +9,9 @@ import tensorflow as tf
 class TestCase(tf.test.TestCase):
     """`tf.test.TestCase` that clears gin and seeds every RNG before each test."""
 
+    # tf.test.TestCase's deprecated `test_session` context manager is not a test.
+    test_session = None
+
     def setUp(self):
         super().setUp()
         gin.clear_config()

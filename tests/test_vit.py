@@ -1,0 +1,83 @@
+"""ViT building blocks: patching, positional embedding, attention, encoder/decoder."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from vim_tf.models import vit
+from vim_tf.testing.test_case import TestCase
+
+
+class ViTTest(TestCase):
+    def test_patchify_round_trip_and_order(self):
+        x = np.arange(2 * 8 * 8 * 3, dtype=np.float32).reshape(2, 8, 8, 3)
+        p = vit.patchify(x, 4).numpy()
+        self.assertEqual(p.shape, (2, 4, 48))
+        # Token 1 is the top-right patch (raster order).
+        np.testing.assert_array_equal(p[0, 1], x[0, 0:4, 4:8].reshape(-1))
+        np.testing.assert_array_equal(vit.unpatchify(p, 2, 4, 3).numpy(), x)
+
+    def test_sincos_posemb(self):
+        emb = vit.sincos_2d_posemb(3, 4, 8)
+        self.assertEqual(emb.shape, (12, 8))
+        # Token (r=1, c=2) is row 6; first frequency is 1: sin(r), cos(r), sin(c), cos(c).
+        self.assertAllClose(emb[6, [0, 2, 4, 6]], [np.sin(1), np.cos(1), np.sin(2), np.cos(2)])
+        with self.assertRaisesRegex(ValueError, "divisible by 4, got 6"):
+            vit.sincos_2d_posemb(2, 2, 6)
+
+    def test_attention_matches_numpy(self):
+        layer = vit.Attention(num_heads=2)
+        x = tf.random.normal((2, 5, 8))
+        y = layer(x).numpy()
+        qkv = x.numpy() @ layer.qkv_kernel.numpy() + layer.qkv_bias.numpy()
+        q, k, v = np.split(qkv, 3, axis=-1)
+        heads = []
+        for h in range(2):
+            s = slice(4 * h, 4 * h + 4)
+            logits = q[..., s] @ np.swapaxes(k[..., s], 1, 2) / 2.0
+            w = np.exp(logits - logits.max(-1, keepdims=True))
+            w /= w.sum(-1, keepdims=True)
+            heads.append(w @ v[..., s])
+        ref = np.concatenate(heads, -1) @ layer.out_kernel.numpy() + layer.out_bias.numpy()
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+
+    def test_causal_attention_ignores_the_future(self):
+        layer = vit.Attention(num_heads=2, causal=True)
+        x = np.random.normal(size=(1, 6, 8)).astype(np.float32)
+        y1 = layer(x).numpy()
+        x2 = x.copy()
+        x2[:, 4:] += 10.0
+        y2 = layer(x2).numpy()
+        np.testing.assert_allclose(y1[:, :4], y2[:, :4], rtol=1e-5)
+        self.assertGreater(np.abs(y1[:, 4:] - y2[:, 4:]).max(), 1e-3)
+
+    def test_encoder_decoder_shapes_and_checkpoint(self):
+        enc = vit.ViTEncoder(16, 4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
+        dec = vit.ViTDecoder(16, 4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
+        tokens = enc(tf.random.uniform((2, 16, 16, 3)))
+        self.assertEqual(tokens.shape, (2, 16, 16))
+        self.assertEqual(dec(tokens).shape, (2, 16, 16, 6))
+        self.assert_checkpoint_covers(enc)
+        self.assert_checkpoint_covers(dec)
+        clone = vit.ViTEncoder.from_config(enc.get_config())
+        clone.build((None, 16, 16, 3))
+        clone.set_weights(enc.get_weights())
+        x = tf.random.uniform((1, 16, 16, 3))
+        self.assertAllClose(enc(x), clone(x))
+
+    def test_encoder_parameter_count(self):
+        d, m, p, n_layers = 16, 32, 4, 2
+        enc = vit.ViTEncoder(16, p, num_layers=n_layers, num_heads=2, hidden_dim=d, mlp_dim=m)
+        enc.build((None, 16, 16, 3))
+        block = 4 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d)
+        expected = (p * p * 3 * d + d) + n_layers * block + 2 * d + (d * m + m) + (m * d + d)
+        self.assertEqual(enc.count_params(), expected)
+
+    def test_bad_grid(self):
+        with self.assertRaisesRegex(ValueError, "image_size 30 is not divisible by patch_size 4"):
+            vit.ViTEncoder(30, 4, num_layers=1, num_heads=1, hidden_dim=8, mlp_dim=8)
+
+
+if __name__ == "__main__":
+    keras.utils.set_random_seed(0)
+    tf.test.main()

@@ -1,0 +1,97 @@
+"""gin plumbing: the search path, parsing flags, and the config saved in every model dir.
+
+A model dir holds `config.gin` (every binding in force when training started, re-parseable on
+its own) and `operative_config.gin` (the bindings training actually used, gin's record). Tools
+that act on a trained model re-read `config.gin`, so users never repeat `--gin_file`.
+"""
+
+import datetime
+import importlib
+import os
+import shlex
+import sys
+
+import gin
+from absl import logging
+
+CONFIG_FILE = "config.gin"
+OPERATIVE_CONFIG_FILE = "operative_config.gin"
+COMMAND_FILE = "command.txt"
+
+# Modules that register gin configurables; imported before any parsing.
+_CONFIGURABLE_MODULES = (
+    "vim_tf.data.input_pipeline",
+    "vim_tf.losses.adversarial",
+    "vim_tf.losses.reconstruction",
+    "vim_tf.models.discriminator",
+    "vim_tf.models.quantizer",
+    "vim_tf.models.vit",
+    "vim_tf.models.vitvqgan",
+    "vim_tf.training.optimizers",
+    "vim_tf.training.trainer",
+)
+
+
+_search_path_added = False
+
+
+def gin_dir():
+    """The repository's gin/ folder (configs ship beside the package)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "gin")
+
+
+def register_configurables():
+    for name in _CONFIGURABLE_MODULES:
+        importlib.import_module(name)
+    global _search_path_added
+    if not _search_path_added:
+        gin.add_config_file_search_path(gin_dir())
+        _search_path_added = True
+
+
+def parse(gin_files=(), gin_bindings=(), finalize=True):
+    """Parses gin files and bindings after registering every configurable.
+
+    Unknown configurables or parameters raise ValueError naming the file and line.
+    """
+    register_configurables()
+    for f in gin_files:
+        if not os.path.exists(f) and not os.path.exists(os.path.join(gin_dir(), f)):
+            raise ValueError(f"gin file not found: {f!r} (paths are relative to the working "
+                             f"directory or to {gin_dir()})")
+    logging.info("gin files: %s", list(gin_files))
+    logging.info("gin bindings: %s", list(gin_bindings))
+    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
+                                        finalize_config=finalize)
+
+
+def _atomic_write(path, text):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def save_config(model_dir):
+    """Writes the full parsed config and appends the command line to the model dir."""
+    os.makedirs(model_dir, exist_ok=True)
+    _atomic_write(os.path.join(model_dir, CONFIG_FILE), gin.config_str())
+    with open(os.path.join(model_dir, COMMAND_FILE), "a") as f:
+        stamp = datetime.datetime.now().isoformat(timespec="seconds")
+        f.write(f"# {stamp}\n{shlex.join([sys.executable] + sys.argv)}\n")
+
+
+def save_operative_config(model_dir):
+    _atomic_write(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), gin.operative_config_str())
+
+
+def load_model_dir_config(model_dir, extra_bindings=()):
+    """Re-parses the config a model was trained with."""
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise ValueError(
+            f"{model_dir!r} holds no {CONFIG_FILE}: it is not a vim_tf model dir (train one with "
+            "tools/train.py --gin_file=... --model_dir=DIR)"
+        )
+    gin.clear_config()
+    parse([path], extra_bindings)

@@ -1,0 +1,160 @@
+"""The factorized, l2-normalized vector quantizer of ViT-VQGAN (PAPER.md, stage 1)."""
+
+import gin
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+def l2_normalize(x, axis=-1, eps=1e-6):
+    """x / max(||x||, eps) along `axis`."""
+    norm = ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True))
+    return x / ops.maximum(norm, eps)
+
+
+def nearest_codes(z, codebook, normalized):
+    """Index of the nearest codebook row for every row of `z`.
+
+    One [N, d] x [d, K] matmul instead of an [N, K, d] difference tensor, so memory is N*K, not
+    N*K*d; with unit vectors the nearest code by Euclidean distance is the one with the largest dot
+    product, because ||z - e||^2 = 2 - 2 z.e.
+
+    Args:
+      z: [N, d] float32 lookup vectors.
+      codebook: [K, d] float32 codes.
+      normalized: both z and codebook rows are unit vectors.
+
+    Returns:
+      int32 [N] indices.
+    """
+    dots = ops.matmul(z, ops.transpose(codebook))
+    if normalized:
+        return ops.cast(ops.argmax(dots, axis=-1), "int32")
+    dist = (
+        ops.sum(ops.square(z), axis=-1, keepdims=True)
+        - 2.0 * dots
+        + ops.sum(ops.square(codebook), axis=-1)[None]
+    )
+    return ops.cast(ops.argmin(dist, axis=-1), "int32")
+
+
+def code_statistics(counts):
+    """Codebook usage and perplexity from code counts.
+
+    Args:
+      counts: [K] float counts of how often each code was chosen.
+
+    Returns:
+      (usage, perplexity): the fraction of codes used at least once, and exp(entropy) of the
+      empirical code distribution (K when all codes are equally used, 1 when one code is).
+    """
+    counts = ops.cast(counts, "float32")
+    usage = ops.mean(ops.cast(counts > 0, "float32"))
+    probs = counts / ops.maximum(ops.sum(counts), 1.0)
+    entropy = -ops.sum(ops.where(probs > 0, probs * ops.log(ops.maximum(probs, 1e-30)), 0.0))
+    return usage, ops.exp(entropy)
+
+
+@gin.register
+class VectorQuantizer(keras.layers.Layer):
+    """Factorized codes with l2-normalized lookup, trained by the VQ loss (no EMA).
+
+    The encoder output (hidden_dim) is linearly projected to a low-dimensional lookup space
+    (code_dim, 32 in the paper), l2-normalized, and matched against l2-normalized codebook vectors
+    (initialized from a standard normal). The matched code passes to the decoder with a
+    straight-through gradient and is projected back up to `output_dim`.
+
+    VQ loss (PAPER.md): ||sg[z] - e||^2 + beta * ||z - sg[e]||^2, squared Euclidean norms over the
+    code dimension, averaged over tokens.
+
+    Args:
+      codebook_size: number of codes K (8192 in the paper).
+      code_dim: lookup dimension d (32 in the paper; 8 also studied).
+      output_dim: width of the decoder input the matched code is projected to.
+      beta: commitment weight (0.25).
+      l2_normalize: normalize inputs and codes (the paper's choice; False is the ablation).
+
+    Call: `z: [B, N, hidden] -> dict` with `codes` [B, N, output_dim] (straight-through, projected
+    up), `indices` int32 [B, N], `vq_loss` scalar, `codebook_loss`, `commitment_loss`, `counts`
+    [K] float32 code counts of this batch.
+    """
+
+    def __init__(self, codebook_size, code_dim, output_dim, beta=0.25, l2_normalize=True, **kwargs):
+        super().__init__(**kwargs)
+        if int(codebook_size) < 1:
+            raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
+        if int(code_dim) < 1:
+            raise ValueError(f"code_dim must be >= 1, got {code_dim}")
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        self.codebook_size = int(codebook_size)
+        self.code_dim = int(code_dim)
+        self.output_dim = int(output_dim)
+        self.beta = float(beta)
+        self.l2_normalize = bool(l2_normalize)
+        self.in_proj = keras.layers.Dense(self.code_dim, name="in_proj")
+        self.out_proj = keras.layers.Dense(self.output_dim, name="out_proj")
+
+    def build(self, input_shape):
+        self.in_proj.build(input_shape)
+        self.out_proj.build(tuple(input_shape[:-1]) + (self.code_dim,))
+        # The codebook stays float32 under mixed precision: distances between nearly-equal unit
+        # vectors lose their ordering in bfloat16.
+        self.codebook = self.add_weight(
+            name="codebook",
+            shape=(self.codebook_size, self.code_dim),
+            initializer=keras.initializers.RandomNormal(stddev=1.0),
+            dtype="float32",
+        )
+
+    def normalized_codebook(self):
+        cb = ops.convert_to_tensor(self.codebook)
+        return l2_normalize(cb) if self.l2_normalize else cb
+
+    def lookup(self, z):
+        """Project and match. z: [B, N, hidden] -> (z_lookup [B,N,d] float32, indices [B,N])."""
+        z = ops.cast(self.in_proj(z), "float32")
+        if self.l2_normalize:
+            z = l2_normalize(z)
+        n = ops.shape(z)[1]
+        idx = nearest_codes(ops.reshape(z, (-1, self.code_dim)), self.normalized_codebook(),
+                            self.l2_normalize)
+        return z, ops.reshape(idx, (-1, n))
+
+    def embed(self, indices):
+        """Token ids [B, N] int -> decoder input [B, N, output_dim] (no gradient path to z)."""
+        e = ops.take(self.normalized_codebook(), indices, axis=0)
+        return self.out_proj(ops.cast(e, self.compute_dtype))
+
+    def call(self, z):
+        z_lookup, indices = self.lookup(z)
+        e = ops.take(self.normalized_codebook(), indices, axis=0)
+        codebook_loss = ops.mean(ops.sum(ops.square(ops.stop_gradient(z_lookup) - e), axis=-1))
+        commitment_loss = ops.mean(ops.sum(ops.square(z_lookup - ops.stop_gradient(e)), axis=-1))
+        # Straight-through: forward pass uses e, the gradient flows to z unchanged.
+        quantized = z_lookup + ops.stop_gradient(e - z_lookup)
+        counts = tf.math.unsorted_segment_sum(
+            tf.ones_like(tf.reshape(indices, [-1]), dtype=tf.float32),
+            tf.reshape(indices, [-1]),
+            self.codebook_size,
+        )
+        return {
+            "codes": self.out_proj(ops.cast(quantized, self.compute_dtype)),
+            "indices": indices,
+            "vq_loss": codebook_loss + self.beta * commitment_loss,
+            "codebook_loss": codebook_loss,
+            "commitment_loss": commitment_loss,
+            "counts": counts,
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            codebook_size=self.codebook_size,
+            code_dim=self.code_dim,
+            output_dim=self.output_dim,
+            beta=self.beta,
+            l2_normalize=self.l2_normalize,
+        )
+        return config
+

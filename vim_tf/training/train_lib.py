@@ -1,0 +1,33 @@
+"""What `tools/train.py` does: parse gin, pick the strategy, train."""
+
+import os
+
+from absl import logging
+
+from vim_tf.config import gin_utils
+from vim_tf.training import distribute, trainer
+
+
+def run(model_dir, gin_files=(), gin_bindings=(), strategy="default", tpu=None,
+        quantizer_dir=None):
+    """Trains the experiment named by the gin files into `model_dir` (resuming if possible).
+
+    Without gin files, a model dir that already holds a config is resumed with that config.
+    """
+    if not model_dir:
+        raise ValueError("--model_dir is required")
+    if not gin_files:
+        if os.path.exists(os.path.join(model_dir, gin_utils.CONFIG_FILE)):
+            gin_files = [os.path.join(model_dir, gin_utils.CONFIG_FILE)]
+            logging.info("no --gin_file given: resuming with %s", gin_files[0])
+        else:
+            raise ValueError(
+                "--gin_file is required for a new model dir (e.g. "
+                "--gin_file=gin/experiments/digits_vitvqgan.gin)"
+            )
+    gin_utils.parse(gin_files, gin_bindings)
+    strat = distribute.get_strategy(strategy, tpu)
+    model_kwargs = {}
+    if quantizer_dir:
+        model_kwargs["quantizer_dir"] = quantizer_dir
+    return trainer.train(model_dir, strategy=strat, model_kwargs=model_kwargs)
