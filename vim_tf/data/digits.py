@@ -43,6 +43,13 @@ SOURCE_MAX_VALUE = 16
 TEST_EVERY = 5
 
 
+def _check_resolution(resolution) -> None:
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
+        raise ValueError(f"resolution must be a positive int, got {resolution!r}")
+    if resolution <= 0:
+        raise ValueError(f"resolution must be a positive int, got {resolution!r}")
+
+
 class DigitsConfig(tfds.core.BuilderConfig):
     """BuilderConfig selecting the output resolution R of `SklearnDigits`.
 
@@ -53,10 +60,7 @@ class DigitsConfig(tfds.core.BuilderConfig):
     """
 
     def __init__(self, *, resolution: int = 32, name: str | None = None, **kwargs):
-        if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
-            raise ValueError(f"resolution must be a positive int, got {resolution!r}")
-        if resolution <= 0:
-            raise ValueError(f"resolution must be a positive int, got {resolution!r}")
+        _check_resolution(resolution)
         kwargs.setdefault(
             "description", f"8x8 sklearn digits upsampled (bicubic) to {resolution}x{resolution}."
         )
@@ -92,7 +96,7 @@ def digit_to_rgb(values: np.ndarray, resolution: int) -> np.ndarray:
 
 
 class SklearnDigits(tfds.core.GeneratorBasedBuilder):
-    """scikit-learn's 1,797 handwritten 8x8 digits, upsampled to R x R RGB (see module docstring)."""
+    """scikit-learn's 1,797 handwritten 8x8 digits as R x R RGB (see the module docstring)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {
@@ -112,9 +116,7 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict(
                 {
                     "image": tfds.features.Image(shape=(r, r, 3), dtype=np.uint8),
-                    "label": tfds.features.ClassLabel(
-                        names=[str(i) for i in range(NUM_CLASSES)]
-                    ),
+                    "label": tfds.features.ClassLabel(names=[str(i) for i in range(NUM_CLASSES)]),
                 }
             ),
             supervised_keys=("image", "label"),
@@ -155,10 +157,14 @@ def _config_for(resolution: int) -> DigitsConfig | str:
 
 @contextlib.contextmanager
 def _prepare_lock(builder: tfds.core.DatasetBuilder):
-    """Serializes prepares of one config across processes sharing a local data_dir."""
+    """Serializes prepares of one config across processes sharing a local data_dir.
+
+    Yields:
+        Whether a lock is held (False on file systems without `flock`, e.g. gs://).
+    """
     root = os.fspath(builder.data_dir_root)
     if fcntl is None or "://" in root:
-        yield
+        yield False
         return
     os.makedirs(root, exist_ok=True)
     # Outside the dataset folder so TFDS never sees the lock file as a config or version.
@@ -166,7 +172,7 @@ def _prepare_lock(builder: tfds.core.DatasetBuilder):
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -199,10 +205,7 @@ def load_digits_builder(
     Returns:
         A prepared `SklearnDigits` builder.
     """
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
-        raise ValueError(f"resolution must be a positive int, got {resolution!r}")
-    if resolution <= 0:
-        raise ValueError(f"resolution must be a positive int, got {resolution!r}")
+    _check_resolution(resolution)
     config = _config_for(int(resolution))
     data_dir = os.fspath(data_dir) if data_dir is not None else None
     builder = SklearnDigits(config=config, data_dir=data_dir)
@@ -212,12 +215,13 @@ def load_digits_builder(
         try_download_gcs=False,
         download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
     )
-    with _prepare_lock(builder):
+    with _prepare_lock(builder) as locked:
         # Another process may have finished while this one waited; a fresh builder re-reads disk.
         builder = SklearnDigits(config=config, data_dir=data_dir)
         if _is_prepared(builder):
             return builder
-        _remove_leftover_incomplete_dirs(builder)
+        if locked:  # Without the lock a temp dir may belong to a live prepare elsewhere.
+            _remove_leftover_incomplete_dirs(builder)
         try:
             builder.download_and_prepare(download_config=download_config)
         except OSError:

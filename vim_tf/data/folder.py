@@ -36,7 +36,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 HOLDOUT_EVERY = 10
@@ -69,7 +69,12 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
 
 def decode_image_bytes(data: bytes) -> np.ndarray:
     """Decodes an encoded image (any PIL format) to uint8 RGB [H, W, 3]; raises on bad data."""
-    with Image.open(io.BytesIO(data)) as img:
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        # PIL's own message names an anonymous BytesIO; the caller logs the real path.
+        raise ValueError(f"not a recognised image ({len(data)} bytes, empty or corrupt)") from None
+    with img:
         # `load()` decodes everything now, so truncated files raise here instead of yielding a
         # partly grey image (PIL's LOAD_TRUNCATED_IMAGES is process-global and left alone).
         img.load()
@@ -117,6 +122,25 @@ def _subfolders(path: str) -> list[str]:
     )
 
 
+def _split_listings(path: str) -> tuple[dict[str, tuple[str, list[str]]], list[str]]:
+    """Returns ({split: (split root, sorted relative image paths)}, non-image file paths)."""
+    top = _subfolders(path)
+    eval_dirs = [name for name in _EVAL_SPLIT_NAMES if name in top]
+    listings, ignored = {}, []
+    if "train" in top and eval_dirs:
+        for split in ["train", *eval_dirs]:
+            root = os.path.join(path, split)
+            images, others = _list_tree(root)
+            listings[split] = (root, images)
+            ignored += [os.path.join(root, f) for f in others]
+    else:
+        images, others = _list_tree(path)
+        ignored = [os.path.join(path, f) for f in others]
+        listings["train"] = (path, [f for i, f in enumerate(images) if i % HOLDOUT_EVERY])
+        listings["test"] = (path, images[::HOLDOUT_EVERY])
+    return listings, ignored
+
+
 class FolderSource:
     """Scans a folder once and serves its splits as decoded examples (see module docstring).
 
@@ -145,24 +169,8 @@ class FolderSource:
         self.skipped: dict[str, str] = {}
         self._lock = threading.Lock()
 
-        top = _subfolders(self.path)
-        eval_dirs = [name for name in _EVAL_SPLIT_NAMES if name in top]
-        split_dirs = ["train", *eval_dirs] if "train" in top and eval_dirs else []
-        listings = {}  # split -> (root, relative image paths)
-        ignored = []
-        if split_dirs:
-            for split in split_dirs:
-                root = os.path.join(self.path, split)
-                images, others = _list_tree(root)
-                listings[split] = (root, images)
-                ignored += [os.path.join(root, f) for f in others]
-            self.split_names = tuple(split_dirs)
-        else:
-            images, others = _list_tree(self.path)
-            ignored = [os.path.join(self.path, f) for f in others]
-            listings["train"] = (self.path, [f for i, f in enumerate(images) if i % HOLDOUT_EVERY])
-            listings["test"] = (self.path, images[::HOLDOUT_EVERY])
-            self.split_names = ("train", "test")
+        listings, ignored = _split_listings(self.path)
+        self.split_names = tuple(listings)
         self.ignored_files = ignored
 
         # Class folders only if no split root holds loose images (only folders of them).
@@ -186,14 +194,19 @@ class FolderSource:
                 f"{', '.join(IMAGE_EXTENSIONS)}; found {len(ignored)} other files)"
             )
         logging.info(
-            "folder:%s: %d image files, splits %s, %s; ignored %d non-image files%s",
+            "folder:%s: %d image files, splits %s, %s",
             self.path,
             total,
             {s: len(p) for s, (p, _) in self._files.items()},
             f"{self.num_classes} classes" if labeled else "unlabeled (label 0)",
-            len(ignored),
-            f" (e.g. {', '.join(ignored[:3])})" if ignored else "",
         )
+        if ignored:
+            logging.warning(
+                "folder:%s: ignored %d files without an image extension (e.g. %s)",
+                self.path,
+                len(ignored),
+                ", ".join(ignored[:3]),
+            )
 
     @property
     def num_skipped(self) -> int:
@@ -278,7 +291,7 @@ class FolderSource:
         if num_shards > 1:
             ds = ds.shard(num_shards, shard_index)
         if shuffle_files:
-            ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(max(1, len(paths)), seed=seed, reshuffle_each_iteration=True)
 
         def decode(path, label):
             image, ok = tf.numpy_function(

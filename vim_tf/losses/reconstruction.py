@@ -2,8 +2,8 @@
 
 The logit-laplace loss is the DALL-E dVAE likelihood (Ramesh et al. 2021, sec. A.3). Pixels in
 [0, 1] are squeezed into [eps, 1 - eps] so that their logit stays finite; the decoder predicts, per
-pixel and channel, a location `mu` and a log-scale `ln b` of a Laplace distribution over the logit of
-the squeezed pixel. Its density on the pixel scale is
+pixel and channel, a location `mu` and a log-scale `ln b` of a Laplace distribution over the logit
+of the squeezed pixel. Its density on the pixel scale is
 
     f(x' | mu, b) = exp(-|logit(x') - mu| / b) / (2 * b * x' * (1 - x')),
 

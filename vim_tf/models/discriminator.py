@@ -62,9 +62,9 @@ def _check_activation(activation):
 class EqualizedConv2D(keras.layers.Layer):
     """2-D convolution with equalized learning rate (Karras et al. 2018).
 
-    With `use_equalized_lr`, the kernel is stored N(0, 1) and multiplied by `1 / sqrt(fan_in)` at run
-    time, so Adam's per-parameter step size acts on all layers alike; otherwise the kernel is stored
-    N(0, 1 / fan_in) and used as is (same function at initialization). Biases start at zero.
+    With `use_equalized_lr`, the kernel is stored N(0, 1) and multiplied by `1 / sqrt(fan_in)` at
+    run time, so Adam's per-parameter step size acts on all layers alike; otherwise the kernel is
+    stored N(0, 1 / fan_in) and used as is (same function at initialization). Biases start at zero.
 
     Args:
         filters: int > 0, output channels.
@@ -214,19 +214,19 @@ class EqualizedDense(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="vim_tf")
 class Blur(keras.layers.Layer):
-    """Zero-pads, filters each channel with a normalized blur kernel, then keeps every `down`-th pixel.
+    """Zero-pads, filters each channel with a normalized blur kernel, keeps every `down`-th pixel.
 
     Has no weights: the filter is a constant.
 
     Args:
-        kernel: 1-D separable kernel, e.g. `[1, 3, 3, 1]`; normalized to sum 1.
+        kernel: 1-D separable kernel, e.g. `[1, 3, 3, 1]`, or a square 2-D one; normalized to sum 1.
         pad: (before, after) zero padding of both spatial axes, each >= 0.
         down: int >= 1, subsampling factor.
     """
 
     def __init__(self, kernel=(1, 3, 3, 1), pad=(0, 0), down=1, **kwargs):
         super().__init__(**kwargs)
-        self.kernel = [float(v) for v in np.asarray(kernel).ravel()]
+        self.blur_kernel = np.asarray(kernel, dtype=np.float64).tolist()
         self._kernel_2d = blur_kernel_2d(kernel)
         if len(pad) != 2 or min(pad) < 0:
             raise ValueError(f"pad must be two non-negative ints, got {pad}")
@@ -258,7 +258,7 @@ class Blur(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(kernel=list(self.kernel), pad=list(self.pad), down=self.down)
+        config.update(kernel=list(self.blur_kernel), pad=list(self.pad), down=self.down)
         return config
 
 
@@ -266,14 +266,15 @@ class Blur(keras.layers.Layer):
 class MinibatchStdDev(keras.layers.Layer):
     """Appends the minibatch standard deviation as extra feature maps (StyleGAN2-ADA layout).
 
-    The batch is split into groups of `G = min(group_size, B)` examples; example `i` belongs to group
-    `i mod (B / G)` (strided, as in StyleGAN2). Channels are split into `num_channels` chunks. For
-    each group and chunk the std-dev over the group's members is taken per pixel and channel,
+    The batch is split into groups of `G = min(group_size, B)` examples; example `i` belongs to
+    group `i mod (B / G)` (strided, as in StyleGAN2). Channels are split into `num_channels` chunks.
+    For each group and chunk the std-dev over the group's members is taken per pixel and channel,
     averaged over pixels and the chunk's channels, and broadcast as one [H, W] map to every member.
 
     `B` must be divisible by `G`. A batch size known when tracing that is not divisible raises
-    ValueError; an unknown (dynamic) batch size that turns out not divisible fails at run time in the
-    reshape. Use `drop_remainder=True` batches (or a batch size that is a multiple of `group_size`).
+    ValueError; an unknown (dynamic) batch size that turns out not divisible fails at run time in
+    the reshape. Use `drop_remainder=True` batches (or a batch size that is a multiple of
+    `group_size`).
 
     Args:
         group_size: int >= 1.
@@ -314,13 +315,12 @@ class MinibatchStdDev(keras.layers.Layer):
             group = ops.minimum(self.group_size, ops.shape(x)[0])
         f = self.num_channels
         # float32 because the variance of nearly equal bfloat16 activations is mostly round-off.
-        y = ops.reshape(ops.cast(x, "float32"), (group, -1, h, w, f, c // f))
-        y = y - ops.mean(y, axis=0, keepdims=True)
+        grouped = ops.reshape(ops.cast(x, "float32"), (group, -1, h, w, f, c // f))
+        y = grouped - ops.mean(grouped, axis=0, keepdims=True)
         y = ops.sqrt(ops.mean(ops.square(y), axis=0, keepdims=True) + self.epsilon)
         stat = ops.mean(y, axis=(2, 3, 5), keepdims=True)  # [1, n, 1, 1, F, 1]
-        # Broadcasting against a zero tensor of the grouped shape avoids a tile by a dynamic group.
-        stat = ops.zeros_like(y[..., :1]) + stat  # [1, n, H, W, F, 1]
-        stat = ops.zeros((group, 1, 1, 1, 1, 1), dtype="float32") + stat  # [G, n, H, W, F, 1]
+        # Broadcasting against zeros of the grouped shape avoids a tile by a dynamic group size.
+        stat = ops.zeros_like(grouped[..., :1]) + stat  # [G, n, H, W, F, 1]
         stat = ops.reshape(stat, (-1, h, w, f))
         return ops.concatenate([x, ops.cast(stat, x.dtype)], axis=-1)
 
@@ -358,7 +358,7 @@ class DiscriminatorBlock(keras.layers.Layer):
         # Padding of StyleGAN2's downsample_conv_2d (p = K - 2 + 3 - 1) and downsample_2d
         # (p = K - 2), split (ceil, floor), so that H -> H / 2 exactly on both paths.
         p_conv, p_skip = k, k - 2
-        common = dict(dtype=self.dtype_policy, use_equalized_lr=use_equalized_lr)
+        common = {"dtype": self.dtype_policy, "use_equalized_lr": use_equalized_lr}
         self.conv0 = EqualizedConv2D(
             self.tmp_channels, 3, activation="lrelu", name="conv0", **common
         )
@@ -366,7 +366,12 @@ class DiscriminatorBlock(keras.layers.Layer):
             self.blur_kernel, pad=((p_conv + 1) // 2, p_conv // 2), dtype=self.dtype_policy
         )
         self.conv1 = EqualizedConv2D(
-            self.out_channels, 3, strides=2, padding="valid", activation="lrelu", name="conv1",
+            self.out_channels,
+            3,
+            strides=2,
+            padding="valid",
+            activation="lrelu",
+            name="conv1",
             **common,
         )
         self.skip_blur = Blur(
@@ -462,7 +467,9 @@ class StyleGANDiscriminator(keras.Model):
                 f"channel_base must be >= image_size ({image_size}) so that every resolution has "
                 f">= 1 channel, got {channel_base}"
             )
-        blur_kernel_2d(blur_kernel)  # validates
+        if np.ndim(blur_kernel) != 1:
+            raise ValueError(f"blur_kernel must be a 1-D sequence, got {blur_kernel}")
+        blur_kernel_2d(blur_kernel)  # validates length and sign
         self.image_size = int(image_size)
         self.image_channels = int(image_channels)
         self.channel_base = int(channel_base)
@@ -477,7 +484,7 @@ class StyleGANDiscriminator(keras.Model):
                 f"got {mbstd_num_channels}"
             )
 
-        common = dict(dtype=self.dtype_policy, use_equalized_lr=use_equalized_lr)
+        common = {"dtype": self.dtype_policy, "use_equalized_lr": use_equalized_lr}
         self.from_rgb = EqualizedConv2D(
             self.channels_at(self.image_size), 1, activation="lrelu", name="from_rgb", **common
         )

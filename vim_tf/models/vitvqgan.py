@@ -175,7 +175,15 @@ class ViTVQGAN(keras.Model):
         # disc_start_step); a Python flag keeps the discriminator entirely out of the graph
         # before it starts.
         self.adversarial_active = self.discriminator is not None and self.disc_start_step <= 0
-        self._trackers = {}
+        # Metric trackers exist from construction: Keras refuses new state once a layer is built.
+        names = ["loss", "l2", "logit_laplace", "vq", "codebook_loss", "commitment_loss", "psnr",
+                 "batch_codebook_usage", "batch_perplexity"]
+        if self.perceptual is not None:
+            names.append("perceptual")
+        if self.discriminator is not None:
+            names += ["generator_adversarial", "discriminator_loss", "r1_penalty",
+                      "logits_real", "logits_fake"]
+        self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
 
     # ----------------------------------------------------------------- inference
     def _distribution(self, codes, training=None):
@@ -234,14 +242,6 @@ class ViTVQGAN(keras.Model):
         super().compile(**kwargs)
         self.generator_optimizer = generator
         self.discriminator_optimizer = discriminator if self.discriminator is not None else None
-        names = ["loss", "l2", "logit_laplace", "vq", "codebook_loss", "commitment_loss", "psnr",
-                 "batch_codebook_usage", "batch_perplexity"]
-        if self.perceptual is not None:
-            names.append("perceptual")
-        if self.discriminator is not None:
-            names += ["generator_adversarial", "discriminator_loss", "r1_penalty",
-                      "logits_real", "logits_fake"]
-        self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
 
     def build_optimizers(self):
         """Builds optimizer state (must run inside the distribution strategy's scope)."""

@@ -1,0 +1,25 @@
+"""The main job on the embedded digits: train, evaluate, summarize (reuses finished stages).
+
+  python tools/demo.py --output_dir=runs/demo
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("output_dir", "runs/demo", "Where every stage's model dir goes.")
+flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings for every stage.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from vim_tf import main_job
+
+    main_job.run(FLAGS.output_dir, FLAGS.gin_bindings)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,68 @@
+"""The README's main job: the whole pipeline on the embedded digits, stage by stage.
+
+Each stage runs the same binary a user would run (printed before it starts), so the output is a
+set of ordinary model dirs. A stage whose result is already there is reused, not redone.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from absl import logging
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args):
+    cmd = [sys.executable] + args
+    print(f"\n$ {shlex.join(cmd)}", flush=True)
+    t = time.time()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return time.time() - t
+
+
+def _fresh(output, model_dir):
+    """True when `output` is newer than the model dir's newest checkpoint."""
+    ckpt = os.path.join(model_dir, "checkpoint")
+    return (os.path.exists(output) and os.path.exists(ckpt)
+            and os.path.getmtime(output) >= os.path.getmtime(ckpt))
+
+
+def run(output_dir, extra_bindings=()):
+    """Runs every stage into `output_dir` and prints a summary; returns the summary dict."""
+    output_dir = os.path.abspath(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    start = time.time()
+    timings = {}
+    q_dir = os.path.join(output_dir, "quantizer")
+    bindings = [f"--gin_bindings={b}" for b in extra_bindings]
+    timings["train quantizer"] = _run(
+        ["tools/train.py", "--gin_file=gin/experiments/digits_vitvqgan.gin",
+         f"--model_dir={q_dir}", *bindings])
+    q_metrics = os.path.join(q_dir, "metrics.json")
+    if _fresh(q_metrics, q_dir):
+        logging.info("reusing %s", q_metrics)
+    else:
+        timings["evaluate quantizer"] = _run(
+            ["tools/evaluate.py", f"--model_dir={q_dir}", f"--output={q_metrics}"])
+    with open(q_metrics) as f:
+        metrics = json.load(f)
+
+    total = time.time() - start
+    rows = [(k, metrics[k]) for k in ("psnr", "ssim", "l1", "l2", "codebook_usage", "perplexity")]
+    print("\n== vim_tf main job: summary ==")
+    print(f"{'quantizer (test split, ' + str(metrics['num_images']) + ' images)':<44}")
+    for k, v in rows:
+        print(f"  {k:<20} {v:>10.4f}")
+    print("\nwritten:")
+    for label, path in (("reconstruction grid", metrics.get("reconstruction_grid")),
+                        ("training grid", os.path.join(q_dir, "reconstructions.png")),
+                        ("metrics", q_metrics),
+                        ("TensorBoard logdir", output_dir)):
+        print(f"  {label:<20} {path}")
+    print(f"\nwall time {total / 60:.1f} min ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
+    print(f"view: tensorboard --logdir {output_dir}")
+    return {"quantizer": metrics, "wall_time_s": total}

@@ -1,0 +1,53 @@
+"""Parameter counts of the gin model configs next to the paper's (PAPER.md tables)."""
+
+import gin
+import keras
+
+from vim_tf.config import gin_utils
+from vim_tf.training import trainer
+
+# Millions of parameters per stack (encoder or decoder) in PAPER.md's table.
+PAPER_STACK_PARAMS_M = {"small": 32, "base": 91, "large": 599}
+PAPER_VITVQGAN = {
+    "vitvqgan_ss": ("small", "small"),
+    "vitvqgan_bb": ("base", "base"),
+    "vitvqgan_sl": ("small", "large"),
+}
+
+
+def _count(layer):
+    return int(sum(keras.ops.size(w) for w in layer.weights))
+
+
+def vitvqgan_counts(name, image_size=256):
+    """Builds `gin/models/<name>.gin` and counts encoder, quantizer, decoder, discriminator."""
+    gin.clear_config()
+    gin_utils.parse([f"models/{name}.gin"], [f"IMAGE_SIZE = {image_size}"])
+    model = trainer.create_model()
+    x = keras.ops.zeros((1, image_size, image_size, 3))
+    model.encoder(x)
+    model.quantizer.build((None, model.grid_size**2, model.encoder.hidden_dim))
+    model.decoder.build((None, model.grid_size**2, model.decoder.hidden_dim))
+    if model.discriminator is not None:
+        model.discriminator.build((None, image_size, image_size, 3))
+    counts = {
+        "encoder": _count(model.encoder),
+        "quantizer": _count(model.quantizer),
+        "decoder": _count(model.decoder),
+        "discriminator": _count(model.discriminator) if model.discriminator is not None else 0,
+    }
+    gin.clear_config()
+    return counts
+
+
+def table(names=tuple(PAPER_VITVQGAN), image_size=256):
+    """Rows of (config, part, ours in M, paper in M)."""
+    rows = []
+    for name in names:
+        counts = vitvqgan_counts(name, image_size)
+        enc, dec = PAPER_VITVQGAN.get(name, (None, None))
+        rows.append((name, "encoder", counts["encoder"] / 1e6, PAPER_STACK_PARAMS_M.get(enc)))
+        rows.append((name, "decoder", counts["decoder"] / 1e6, PAPER_STACK_PARAMS_M.get(dec)))
+        rows.append((name, "quantizer", counts["quantizer"] / 1e6, None))
+        rows.append((name, "discriminator", counts["discriminator"] / 1e6, None))
+    return rows
