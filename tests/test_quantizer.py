@@ -77,8 +77,9 @@ class QuantizerTest(TestCase):
         layer = self._layer()
         z = tf.random.normal((2, 5, 12))
         out = layer(z)
-        np.testing.assert_allclose(out["codes"].numpy(), layer.embed(out["indices"]).numpy(),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            out["codes"].numpy(), layer.embed(out["indices"]).numpy(), atol=1e-5
+        )
 
     def test_code_statistics(self):
         usage, ppl = q.code_statistics(tf.constant([4.0, 0.0, 4.0, 0.0]))

@@ -1,6 +1,6 @@
 """The main job on the embedded digits: train, evaluate, summarize (reuses finished stages).
 
-  python tools/demo.py --output_dir=runs/demo
+python tools/demo.py --output_dir=runs/demo
 """
 
 import os

@@ -1,6 +1,6 @@
 """Scores a trained model over its test split and writes one JSON object.
 
-  python tools/evaluate.py --model_dir=runs/q --output=runs/q/metrics.json
+python tools/evaluate.py --model_dir=runs/q --output=runs/q/metrics.json
 """
 
 import os

@@ -1,6 +1,6 @@
 """Prints each model config's parameter count next to the paper's.
 
-  python tools/param_counts.py [--configs=vitvqgan_ss,vitvqgan_bb,vitvqgan_sl]
+python tools/param_counts.py [--configs=vitvqgan_ss,vitvqgan_bb,vitvqgan_sl]
 """
 
 import os
@@ -9,8 +9,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_list("configs", ["vitvqgan_ss", "vitvqgan_bb", "vitvqgan_sl"],
-                  "Model configs under gin/models/.")
+flags.DEFINE_list(
+    "configs", ["vitvqgan_ss", "vitvqgan_bb", "vitvqgan_sl"], "Model configs under gin/models/."
+)
 flags.DEFINE_integer("image_size", 256, "Image size the configs are built at.")
 FLAGS = flags.FLAGS
 

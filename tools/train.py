@@ -1,6 +1,6 @@
 """Trains the quantizer, prior or classifier named by the gin experiment; resumes when rerun.
 
-  python tools/train.py --gin_file=gin/experiments/digits_vitvqgan.gin --model_dir=runs/q
+python tools/train.py --gin_file=gin/experiments/digits_vitvqgan.gin --model_dir=runs/q
 """
 
 import os
@@ -13,8 +13,9 @@ flags.DEFINE_multi_string("gin_file", [], "gin config files (relative to cwd or 
 flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'TRAIN_STEPS = 200'.")
 flags.DEFINE_string("model_dir", None, "Where checkpoints, config and summaries go.")
 flags.DEFINE_string("quantizer_dir", None, "A trained stage-1 model dir (for a prior).")
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
-                  "tf.distribute strategy.")
+flags.DEFINE_enum(
+    "strategy", "default", ["default", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy."
+)
 flags.DEFINE_string("tpu", None, "TPU address for --strategy=tpu ('local' on a TPU VM).")
 flags.mark_flag_as_required("model_dir")
 FLAGS = flags.FLAGS
@@ -24,8 +25,14 @@ def main(argv):
     del argv
     from vim_tf.training import train_lib
 
-    train_lib.run(FLAGS.model_dir, FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.strategy,
-                  FLAGS.tpu, FLAGS.quantizer_dir)
+    train_lib.run(
+        FLAGS.model_dir,
+        FLAGS.gin_file,
+        FLAGS.gin_bindings,
+        FLAGS.strategy,
+        FLAGS.tpu,
+        FLAGS.quantizer_dir,
+    )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,11 @@ def _run(args):
 def _fresh(output, model_dir):
     """True when `output` is newer than the model dir's newest checkpoint."""
     ckpt = os.path.join(model_dir, "checkpoint")
-    return (os.path.exists(output) and os.path.exists(ckpt)
-            and os.path.getmtime(output) >= os.path.getmtime(ckpt))
+    return (
+        os.path.exists(output)
+        and os.path.exists(ckpt)
+        and os.path.getmtime(output) >= os.path.getmtime(ckpt)
+    )
 
 
 def run(output_dir, extra_bindings=()):
@@ -40,14 +43,20 @@ def run(output_dir, extra_bindings=()):
     q_dir = os.path.join(output_dir, "quantizer")
     bindings = [f"--gin_bindings={b}" for b in extra_bindings]
     timings["train quantizer"] = _run(
-        ["tools/train.py", "--gin_file=gin/experiments/digits_vitvqgan.gin",
-         f"--model_dir={q_dir}", *bindings])
+        [
+            "tools/train.py",
+            "--gin_file=gin/experiments/digits_vitvqgan.gin",
+            f"--model_dir={q_dir}",
+            *bindings,
+        ]
+    )
     q_metrics = os.path.join(q_dir, "metrics.json")
     if _fresh(q_metrics, q_dir):
         logging.info("reusing %s", q_metrics)
     else:
         timings["evaluate quantizer"] = _run(
-            ["tools/evaluate.py", f"--model_dir={q_dir}", f"--output={q_metrics}"])
+            ["tools/evaluate.py", f"--model_dir={q_dir}", f"--output={q_metrics}"]
+        )
     with open(q_metrics) as f:
         metrics = json.load(f)
 
@@ -58,11 +67,15 @@ def run(output_dir, extra_bindings=()):
     for k, v in rows:
         print(f"  {k:<20} {v:>10.4f}")
     print("\nwritten:")
-    for label, path in (("reconstruction grid", metrics.get("reconstruction_grid")),
-                        ("training grid", os.path.join(q_dir, "reconstructions.png")),
-                        ("metrics", q_metrics),
-                        ("TensorBoard logdir", output_dir)):
+    for label, path in (
+        ("reconstruction grid", metrics.get("reconstruction_grid")),
+        ("training grid", os.path.join(q_dir, "reconstructions.png")),
+        ("metrics", q_metrics),
+        ("TensorBoard logdir", output_dir),
+    ):
         print(f"  {label:<20} {path}")
-    print(f"\nwall time {total / 60:.1f} min ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
+    print(
+        f"\nwall time {total / 60:.1f} min ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})"
+    )
     print(f"view: tensorboard --logdir {output_dir}")
     return {"quantizer": metrics, "wall_time_s": total}

@@ -21,6 +21,7 @@ COMMAND_FILE = "command.txt"
 # Modules that register gin configurables; imported before any parsing.
 _CONFIGURABLE_MODULES = (
     "vim_tf.data.input_pipeline",
+    "vim_tf.eval.quantizer_eval",
     "vim_tf.losses.adversarial",
     "vim_tf.losses.reconstruction",
     "vim_tf.models.discriminator",
@@ -57,12 +58,49 @@ def parse(gin_files=(), gin_bindings=(), finalize=True):
     register_configurables()
     for f in gin_files:
         if not os.path.exists(f) and not os.path.exists(os.path.join(gin_dir(), f)):
-            raise ValueError(f"gin file not found: {f!r} (paths are relative to the working "
-                             f"directory or to {gin_dir()})")
+            raise ValueError(
+                f"gin file not found: {f!r} (paths are relative to the working "
+                f"directory or to {gin_dir()})"
+            )
     logging.info("gin files: %s", list(gin_files))
     logging.info("gin bindings: %s", list(gin_bindings))
-    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
-                                        finalize_config=finalize)
+    gin.parse_config_files_and_bindings(
+        list(gin_files), list(gin_bindings), finalize_config=finalize
+    )
+    check_keras_bindings()
+
+
+# Keyword arguments every Keras layer accepts through **kwargs.
+_KERAS_KWARGS = {"name", "dtype", "trainable", "autocast", "input_shape", "input_dim"}
+
+
+def check_keras_bindings():
+    """Rejects bindings of unknown parameters of registered Keras classes.
+
+    gin accepts any parameter name for a class whose __init__ takes **kwargs (every Keras layer),
+    so a typo would only surface at construction, after the data is prepared; this check makes
+    it fail at parse time, naming the parameter and the valid ones.
+    """
+    import inspect
+
+    # gin keeps bindings and its registry in module globals; there is no public iterator.
+    config, registry = gin.config._CONFIG, gin.config._REGISTRY  # pylint: disable=protected-access
+    for (scope, selector), params in config.items():
+        configurable = registry.get_match(selector)
+        if configurable is None or not inspect.isclass(configurable.wrapped):
+            continue
+        cls = configurable.wrapped
+        sig = inspect.signature(cls.__init__)
+        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            continue
+        valid = {n for n in sig.parameters if n not in ("self", "kwargs")} | _KERAS_KWARGS
+        for name in params:
+            if name not in valid:
+                where = f"{scope}/{selector}" if scope else selector
+                raise ValueError(
+                    f"unknown gin parameter {where}.{name}: {cls.__name__} takes "
+                    f"{sorted(valid - _KERAS_KWARGS)}"
+                )
 
 
 def _atomic_write(path, text):

@@ -47,8 +47,9 @@ def evaluate(model_dir, output):
     grid_path = os.path.join(os.path.dirname(os.path.abspath(output)), "eval_reconstructions.png")
     grid = image_utils.make_grid(tf.concat([inputs, recs], 0).numpy(), rows=2)
     image_utils.save_png(grid_path, grid, scale=2)
-    metrics.update(kind=kind, checkpoint=path, step=int(path.rsplit("-", 1)[-1]),
-                   reconstruction_grid=grid_path)
+    metrics.update(
+        kind=kind, checkpoint=path, step=int(path.rsplit("-", 1)[-1]), reconstruction_grid=grid_path
+    )
     _write_json(output, metrics)
     shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
     logging.info("%s: %s -> %s", kind, shown, output)

@@ -10,8 +10,9 @@ from vim_tf.utils import images as image_utils
 
 
 @gin.configurable(denylist=["model"])
-def evaluate_quantizer(model, dataset_fn=input_pipeline.make_dataset, split="test",
-                       batch_size=None):
+def evaluate_quantizer(
+    model, dataset_fn=input_pipeline.make_dataset, split="test", batch_size=None
+):
     """Encodes and decodes every image of `split` once.
 
     Returns:
@@ -28,8 +29,10 @@ def evaluate_quantizer(model, dataset_fn=input_pipeline.make_dataset, split="tes
         idx = model.encode(images)
         rec = model.decode(idx)
         counts = tf.math.unsorted_segment_sum(
-            tf.ones_like(tf.reshape(idx, [-1]), tf.float32), tf.reshape(idx, [-1]),
-            model.codebook_size)
+            tf.ones_like(tf.reshape(idx, [-1]), tf.float32),
+            tf.reshape(idx, [-1]),
+            model.codebook_size,
+        )
         err = rec - images
         return {
             "psnr": image_utils.psnr(images, rec),

@@ -73,13 +73,30 @@ class VectorQuantizer(keras.layers.Layer):
       output_dim: width of the decoder input the matched code is projected to.
       beta: commitment weight (0.25).
       l2_normalize: normalize inputs and codes (the paper's choice; False is the ablation).
+      restart_dead_codes: not in the paper. Codes whose moving-average use falls below
+        `dead_code_threshold` uses per step are re-initialized to randomly chosen encoder outputs
+        of the current (global) batch (as in Jukebox). Short runs on small data need it: codes
+        the encoder's outputs never come near get no gradient and stay dead.
+      dead_code_decay: decay of the per-code use moving average.
+      dead_code_threshold: uses per step below which a code counts as dead.
 
     Call: `z: [B, N, hidden] -> dict` with `codes` [B, N, output_dim] (straight-through, projected
     up), `indices` int32 [B, N], `vq_loss` scalar, `codebook_loss`, `commitment_loss`, `counts`
     [K] float32 code counts of this batch.
     """
 
-    def __init__(self, codebook_size, code_dim, output_dim, beta=0.25, l2_normalize=True, **kwargs):
+    def __init__(
+        self,
+        codebook_size,
+        code_dim,
+        output_dim,
+        beta=0.25,
+        l2_normalize=True,
+        restart_dead_codes=False,
+        dead_code_decay=0.99,
+        dead_code_threshold=0.03,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if int(codebook_size) < 1:
             raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
@@ -92,6 +109,11 @@ class VectorQuantizer(keras.layers.Layer):
         self.output_dim = int(output_dim)
         self.beta = float(beta)
         self.l2_normalize = bool(l2_normalize)
+        if not 0.0 <= dead_code_decay < 1.0:
+            raise ValueError(f"dead_code_decay must be in [0, 1), got {dead_code_decay}")
+        self.restart_dead_codes = bool(restart_dead_codes)
+        self.dead_code_decay = float(dead_code_decay)
+        self.dead_code_threshold = float(dead_code_threshold)
         self.in_proj = keras.layers.Dense(self.code_dim, name="in_proj")
         self.out_proj = keras.layers.Dense(self.output_dim, name="out_proj")
 
@@ -106,6 +128,15 @@ class VectorQuantizer(keras.layers.Layer):
             initializer=keras.initializers.RandomNormal(stddev=1.0),
             dtype="float32",
         )
+        # Moving average of how often each code is chosen per step (restart bookkeeping; starts
+        # at 0 so the first restart seeds every unused code from data).
+        self.usage_ema = self.add_weight(
+            name="usage_ema",
+            shape=(self.codebook_size,),
+            initializer="zeros",
+            trainable=False,
+            dtype="float32",
+        )
 
     def normalized_codebook(self):
         cb = ops.convert_to_tensor(self.codebook)
@@ -117,8 +148,9 @@ class VectorQuantizer(keras.layers.Layer):
         if self.l2_normalize:
             z = l2_normalize(z)
         n = ops.shape(z)[1]
-        idx = nearest_codes(ops.reshape(z, (-1, self.code_dim)), self.normalized_codebook(),
-                            self.l2_normalize)
+        idx = nearest_codes(
+            ops.reshape(z, (-1, self.code_dim)), self.normalized_codebook(), self.l2_normalize
+        )
         return z, ops.reshape(idx, (-1, n))
 
     def embed(self, indices):
@@ -139,6 +171,7 @@ class VectorQuantizer(keras.layers.Layer):
             self.codebook_size,
         )
         return {
+            "z": z_lookup,
             "codes": self.out_proj(ops.cast(quantized, self.compute_dtype)),
             "indices": indices,
             "vq_loss": codebook_loss + self.beta * commitment_loss,
@@ -146,6 +179,36 @@ class VectorQuantizer(keras.layers.Layer):
             "commitment_loss": commitment_loss,
             "counts": counts,
         }
+
+    def restart(self, z, counts, step):
+        """Updates the use average and re-seeds dead codes from this batch's lookup vectors.
+
+        Under a multi-replica strategy every replica gathers the global batch and draws the same
+        random choice (seeded by `step`), so the mirrored codebook stays identical everywhere.
+
+        Args:
+          z: [B, N, d] float32 lookup vectors of this replica's batch.
+          counts: [K] code counts of this replica's batch.
+          step: int scalar, the training step (random seed).
+
+        Returns:
+          number of codes re-seeded (float32 scalar).
+        """
+        ctx = tf.distribute.get_replica_context()
+        z = tf.reshape(tf.cast(z, tf.float32), [-1, self.code_dim])
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            z = ctx.all_gather(z, axis=0)
+            counts = ctx.all_reduce(tf.distribute.ReduceOp.SUM, counts)
+        ema = self.dead_code_decay * self.usage_ema + (1.0 - self.dead_code_decay) * counts
+        dead = ema < self.dead_code_threshold
+        seed = tf.stack([tf.cast(step, tf.int32), tf.constant(7, tf.int32)])
+        pick = tf.random.stateless_uniform(
+            [self.codebook_size], seed, maxval=tf.shape(z)[0], dtype=tf.int32
+        )
+        self.codebook.assign(tf.where(dead[:, None], tf.gather(z, pick), self.codebook))
+        # A re-seeded code gets a grace period of one use per step before it can die again.
+        self.usage_ema.assign(tf.where(dead, 1.0, ema))
+        return tf.reduce_sum(tf.cast(dead, tf.float32))
 
     def get_config(self):
         config = super().get_config()
@@ -155,6 +218,8 @@ class VectorQuantizer(keras.layers.Layer):
             output_dim=self.output_dim,
             beta=self.beta,
             l2_normalize=self.l2_normalize,
+            restart_dead_codes=self.restart_dead_codes,
+            dead_code_decay=self.dead_code_decay,
+            dead_code_threshold=self.dead_code_threshold,
         )
         return config
-

@@ -69,14 +69,10 @@ class Attention(keras.layers.Layer):
     def build(self, input_shape):
         dim = input_shape[-1]
         if dim % self.num_heads:
-            raise ValueError(
-                f"hidden_dim {dim} must be divisible by num_heads {self.num_heads}"
-            )
+            raise ValueError(f"hidden_dim {dim} must be divisible by num_heads {self.num_heads}")
         self.head_dim = dim // self.num_heads
         init = keras.initializers.GlorotUniform()
-        self.qkv_kernel = self.add_weight(
-            name="qkv_kernel", shape=(dim, 3 * dim), initializer=init
-        )
+        self.qkv_kernel = self.add_weight(name="qkv_kernel", shape=(dim, 3 * dim), initializer=init)
         self.qkv_bias = self.add_weight(name="qkv_bias", shape=(3 * dim,), initializer="zeros")
         self.out_kernel = self.add_weight(name="out_kernel", shape=(dim, dim), initializer=init)
         self.out_bias = self.add_weight(name="out_bias", shape=(dim,), initializer="zeros")
@@ -253,7 +249,14 @@ class ViTEncoder(keras.layers.Layer):
     """
 
     def __init__(
-        self, image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim, dropout=0.0,
+        self,
+        image_size,
+        patch_size,
+        num_layers,
+        num_heads,
+        hidden_dim,
+        mlp_dim,
+        dropout=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -315,8 +318,16 @@ class ViTDecoder(keras.layers.Layer):
     """
 
     def __init__(
-        self, image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim, dropout=0.0,
-        out_channels=6, **kwargs,
+        self,
+        image_size,
+        patch_size,
+        num_layers,
+        num_heads,
+        hidden_dim,
+        mlp_dim,
+        dropout=0.0,
+        out_channels=6,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self.grid_size = _check_grid(image_size, patch_size)

@@ -55,6 +55,8 @@ class ViTVQGAN(keras.Model):
       image_size, patch_size: square images and patches; the token grid is image_size/patch_size.
       encoder, decoder: dicts with num_layers, num_heads, hidden_dim, mlp_dim (PAPER.md table).
       codebook_size, code_dim, beta, l2_normalize: the quantizer (8192, 32, 0.25, True).
+      restart_dead_codes: re-seed unused codes from encoder outputs (not in the paper; see
+        `VectorQuantizer`).
       eps: the logit-laplace pixel squeeze (0.1).
       min_log_scale: soft lower bound on the logit-laplace log-scale; without it the likelihood of
         saturated pixels (digit backgrounds are exactly 0) grows without bound as b -> 0.
@@ -88,6 +90,7 @@ class ViTVQGAN(keras.Model):
         code_dim=32,
         beta=0.25,
         l2_normalize=True,
+        restart_dead_codes=False,
         eps=0.1,
         min_log_scale=-5.0,
         l2_weight=1.0,
@@ -105,10 +108,14 @@ class ViTVQGAN(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        for name, value in (("l2_weight", l2_weight), ("logit_laplace_weight",
-                            logit_laplace_weight), ("vq_weight", vq_weight),
-                            ("perceptual_weight", perceptual_weight),
-                            ("adversarial_weight", adversarial_weight), ("r1_gamma", r1_gamma)):
+        for name, value in (
+            ("l2_weight", l2_weight),
+            ("logit_laplace_weight", logit_laplace_weight),
+            ("vq_weight", vq_weight),
+            ("perceptual_weight", perceptual_weight),
+            ("adversarial_weight", adversarial_weight),
+            ("r1_gamma", r1_gamma),
+        ):
             if value < 0:
                 raise ValueError(f"ViTVQGAN.{name} must be >= 0, got {value}")
         if int(r1_interval) < 1:
@@ -123,6 +130,7 @@ class ViTVQGAN(keras.Model):
         self.code_dim = int(code_dim)
         self.beta = float(beta)
         self.l2_normalize = bool(l2_normalize)
+        self.restart_dead_codes = bool(restart_dead_codes)
         self.eps = float(eps)
         self.min_log_scale = float(min_log_scale)
         self.l2_weight = float(l2_weight)
@@ -141,8 +149,13 @@ class ViTVQGAN(keras.Model):
         self.encoder = ViTEncoder(image_size, patch_size, name="encoder", **self.encoder_config)
         self.grid_size = self.encoder.grid_size
         self.quantizer = quantizer_lib.VectorQuantizer(
-            codebook_size, code_dim, self.decoder_config["hidden_dim"], beta=beta,
-            l2_normalize=l2_normalize, name="quantizer",
+            codebook_size,
+            code_dim,
+            self.decoder_config["hidden_dim"],
+            beta=beta,
+            l2_normalize=l2_normalize,
+            restart_dead_codes=restart_dead_codes,
+            name="quantizer",
         )
         self.decoder = ViTDecoder(image_size, patch_size, name="decoder", **self.decoder_config)
 
@@ -167,8 +180,9 @@ class ViTVQGAN(keras.Model):
                 )
             from vim_tf.losses.perceptual import PerceptualLoss
 
-            self.perceptual = PerceptualLoss(weights_path=perceptual_weights_path,
-                                             name="perceptual")
+            self.perceptual = PerceptualLoss(
+                weights_path=perceptual_weights_path, name="perceptual"
+            )
         else:
             self.perceptual = None
         # Which phase the next traced train step belongs to (the trainer retraces at
@@ -176,13 +190,29 @@ class ViTVQGAN(keras.Model):
         # before it starts.
         self.adversarial_active = self.discriminator is not None and self.disc_start_step <= 0
         # Metric trackers exist from construction: Keras refuses new state once a layer is built.
-        names = ["loss", "l2", "logit_laplace", "vq", "codebook_loss", "commitment_loss", "psnr",
-                 "batch_codebook_usage", "batch_perplexity"]
+        names = [
+            "loss",
+            "l2",
+            "logit_laplace",
+            "vq",
+            "codebook_loss",
+            "commitment_loss",
+            "psnr",
+            "batch_codebook_usage",
+            "batch_perplexity",
+        ]
+        if self.restart_dead_codes:
+            names.append("restarted_codes")
         if self.perceptual is not None:
             names.append("perceptual")
         if self.discriminator is not None:
-            names += ["generator_adversarial", "discriminator_loss", "r1_penalty",
-                      "logits_real", "logits_fake"]
+            names += [
+                "generator_adversarial",
+                "discriminator_loss",
+                "r1_penalty",
+                "logits_real",
+                "logits_fake",
+            ]
         self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
 
     # ----------------------------------------------------------------- inference
@@ -228,13 +258,21 @@ class ViTVQGAN(keras.Model):
             + self.decoder.trainable_variables
         )
 
+    def build(self, input_shape=None):
+        image_shape = (None, self.image_size, self.image_size, 3)
+        tokens = (None, self.grid_size**2)
+        self.encoder.build(image_shape)
+        self.quantizer.build(tokens + (self.encoder_config["hidden_dim"],))
+        self.decoder.build(tokens + (self.decoder_config["hidden_dim"],))
+        if self.discriminator is not None:
+            self.discriminator.build(image_shape)
+        self.built = True
+
     def build_all(self):
         """Creates every variable (model, discriminator, perceptual net)."""
-        dummy = ops.zeros((1, self.image_size, self.image_size, 3))
-        self(dummy)
-        if self.discriminator is not None:
-            self.discriminator(dummy)
+        self.build()
         if self.perceptual is not None:
+            dummy = ops.zeros((1, self.image_size, self.image_size, 3))
             self.perceptual(dummy, dummy)
 
     def compile(self, generator=None, discriminator=None, **kwargs):
@@ -283,8 +321,11 @@ class ViTVQGAN(keras.Model):
             rec = out["reconstruction"]
             l2 = reconstruction.l2_loss(images, rec)
             ll = reconstruction.logit_laplace_loss(images, out["loc"], out["log_scale"], self.eps)
-            loss = self.l2_weight * l2 + self.logit_laplace_weight * ll + self.vq_weight * out[
-                "vq_loss"]
+            loss = (
+                self.l2_weight * l2
+                + self.logit_laplace_weight * ll
+                + self.vq_weight * out["vq_loss"]
+            )
             if self.perceptual is not None:
                 perceptual = self.perceptual(images, rec)
                 loss += self.perceptual_weight * perceptual
@@ -298,12 +339,23 @@ class ViTVQGAN(keras.Model):
         variables = self.generator_variables
         grads = tape.gradient(scaled, variables)
         self.generator_optimizer.apply(grads, variables)
+        if self.restart_dead_codes:
+            self._track(
+                restarted_codes=self.quantizer.restart(
+                    out["z"], out["counts"], self.generator_optimizer.iterations
+                )
+            )
 
         usage, perplexity = quantizer_lib.code_statistics(out["counts"])
         self._track(
-            loss=loss, l2=l2, logit_laplace=ll, vq=out["vq_loss"],
-            codebook_loss=out["codebook_loss"], commitment_loss=out["commitment_loss"],
-            psnr=ops.mean(image_utils.psnr(images, rec)), batch_codebook_usage=usage,
+            loss=loss,
+            l2=l2,
+            logit_laplace=ll,
+            vq=out["vq_loss"],
+            codebook_loss=out["codebook_loss"],
+            commitment_loss=out["commitment_loss"],
+            psnr=ops.mean(image_utils.psnr(images, rec)),
+            batch_codebook_usage=usage,
             batch_perplexity=perplexity,
         )
         if self.perceptual is not None:
@@ -330,20 +382,23 @@ class ViTVQGAN(keras.Model):
             scaled = total / replicas
         variables = self.discriminator.trainable_variables
         self.discriminator_optimizer.apply(tape.gradient(scaled, variables), variables)
-        self._track(discriminator_loss=d_loss, logits_real=ops.mean(real_logits),
-                    logits_fake=ops.mean(fake_logits))
+        self._track(
+            discriminator_loss=d_loss,
+            logits_real=ops.mean(real_logits),
+            logits_fake=ops.mean(fake_logits),
+        )
         if self.r1_gamma > 0:
             # Only the steps that computed R1 count toward its mean.
             self._trackers["r1_penalty"].update_state(
-                r1, sample_weight=tf.cast(tf.equal(d_step % self.r1_interval, 0), tf.float32))
+                r1, sample_weight=tf.cast(tf.equal(d_step % self.r1_interval, 0), tf.float32)
+            )
 
     # ----------------------------------------------------------------- summaries
     def summary_images(self, batch, max_images=8):
         """Inputs above reconstructions: {'reconstructions': uint8 [1, 2H, nW, 3]}."""
         images = batch["image"][:max_images]
         rec = self.reconstruct(images)
-        grid = image_utils.make_grid(np.concatenate([np.asarray(images), np.asarray(rec)]),
-                                     rows=2)
+        grid = image_utils.make_grid(np.concatenate([np.asarray(images), np.asarray(rec)]), rows=2)
         return {"reconstructions": grid[None]}
 
     def model_info(self):
@@ -377,6 +432,7 @@ class ViTVQGAN(keras.Model):
             code_dim=self.code_dim,
             beta=self.beta,
             l2_normalize=self.l2_normalize,
+            restart_dead_codes=self.restart_dead_codes,
             eps=self.eps,
             min_log_scale=self.min_log_scale,
             l2_weight=self.l2_weight,
@@ -388,7 +444,8 @@ class ViTVQGAN(keras.Model):
             discriminator=self.discriminator_config,
             generator_loss=self.generator_loss_fn.__name__.replace("_generator_loss", ""),
             discriminator_loss=self.discriminator_loss_fn.__name__.replace(
-                "_discriminator_loss", ""),
+                "_discriminator_loss", ""
+            ),
             r1_gamma=self.r1_gamma,
             r1_interval=self.r1_interval,
             disc_start_step=self.disc_start_step,

@@ -40,8 +40,12 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return tf.where(step < self.warmup_steps, warm, cosine)
 
     def get_config(self):
-        return dict(peak=self.peak, warmup_steps=self.warmup_steps,
-                    decay_steps=self.decay_steps, final=self.final)
+        return dict(
+            peak=self.peak,
+            warmup_steps=self.warmup_steps,
+            decay_steps=self.decay_steps,
+            final=self.final,
+        )
 
 
 @keras.saving.register_keras_serializable(package="vim_tf")
@@ -73,8 +77,13 @@ class WarmupHoldExponential(keras.optimizers.schedules.LearningRateSchedule):
         return tf.where(step < self.warmup_steps, warm, decayed)
 
     def get_config(self):
-        return dict(peak=self.peak, warmup_steps=self.warmup_steps, decay_start=self.decay_start,
-                    decay_end=self.decay_end, final=self.final)
+        return dict(
+            peak=self.peak,
+            warmup_steps=self.warmup_steps,
+            decay_start=self.decay_start,
+            decay_end=self.decay_end,
+            final=self.final,
+        )
 
 
 gin.external_configurable(WarmupCosine, module="vim_tf")

@@ -8,8 +8,7 @@ from vim_tf.config import gin_utils
 from vim_tf.training import distribute, trainer
 
 
-def run(model_dir, gin_files=(), gin_bindings=(), strategy="default", tpu=None,
-        quantizer_dir=None):
+def run(model_dir, gin_files=(), gin_bindings=(), strategy="default", tpu=None, quantizer_dir=None):
     """Trains the experiment named by the gin files into `model_dir` (resuming if possible).
 
     Without gin files, a model dir that already holds a config is resumed with that config.

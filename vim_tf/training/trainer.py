@@ -54,8 +54,9 @@ def build_model(strategy, **model_kwargs):
 
 def make_checkpoint_manager(model, directory, max_to_keep=3):
     ckpt = tf.train.Checkpoint(**model.checkpoint_items())
-    manager = tf.train.CheckpointManager(ckpt, directory, max_to_keep=max_to_keep,
-                                         checkpoint_name="ckpt")
+    manager = tf.train.CheckpointManager(
+        ckpt, directory, max_to_keep=max_to_keep, checkpoint_name="ckpt"
+    )
     return ckpt, manager
 
 
@@ -85,7 +86,9 @@ def write_model_info(model_dir, info):
 def read_model_info(model_dir):
     path = os.path.join(model_dir, MODEL_INFO_FILE)
     if not os.path.exists(path):
-        raise ValueError(f"{model_dir!r} holds no {MODEL_INFO_FILE}: not a trained vim_tf model dir")
+        raise ValueError(
+            f"{model_dir!r} holds no {MODEL_INFO_FILE}: not a trained vim_tf model dir"
+        )
     with open(path) as f:
         return json.load(f)
 
@@ -131,8 +134,12 @@ def train(
       The trained model.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    for name, value in (("train_steps", train_steps), ("checkpoint_every", checkpoint_every),
-                        ("log_every", log_every), ("image_every", image_every)):
+    for name, value in (
+        ("train_steps", train_steps),
+        ("checkpoint_every", checkpoint_every),
+        ("log_every", log_every),
+        ("image_every", image_every),
+    ):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"train.{name} must be a positive int, got {value!r}")
     steps_per_loop = steps_per_loop or log_every
@@ -153,8 +160,9 @@ def train(
     if chief and hasattr(model, "model_info"):
         write_model_info(model_dir, dict(model.model_info(), train_steps=train_steps))
     if start >= train_steps:
-        logging.info("already trained to step %d (train_steps=%d); nothing to do",
-                     start, train_steps)
+        logging.info(
+            "already trained to step %d (train_steps=%d); nothing to do", start, train_steps
+        )
         return model
 
     batch_sizes = []
@@ -169,8 +177,9 @@ def train(
     summary_batch = next(iter(dataset_fn(split=summary_split, training=False)))
 
     writer = tf.summary.create_file_writer(out_dir) if chief else tf.summary.create_noop_writer()
-    boundaries = sorted(b for b in getattr(model, "phase_boundaries", lambda: [])()
-                        if 0 < b < train_steps)
+    boundaries = sorted(
+        b for b in getattr(model, "phase_boundaries", lambda: [])() if 0 < b < train_steps
+    )
 
     def make_loop():
         step_fn = model.train_step
@@ -190,9 +199,15 @@ def train(
     step = start
     t_log = time.time()
     steps_since_log = 0
-    logging.info("training %s from step %d to %d (global batch %d, %d replica(s)) in %s",
-                 type(model).__name__, start, train_steps, global_batch,
-                 strategy.num_replicas_in_sync, model_dir)
+    logging.info(
+        "training %s from step %d to %d (global batch %d, %d replica(s)) in %s",
+        type(model).__name__,
+        start,
+        train_steps,
+        global_batch,
+        strategy.num_replicas_in_sync,
+        model_dir,
+    )
     while step < train_steps:
         new_phase = sum(step >= b for b in boundaries)
         if new_phase != phase:
@@ -214,7 +229,12 @@ def train(
             gin_utils.save_operative_config(model_dir)
             operative_saved = True
         if step % log_every == 0 or step == train_steps:
-            results = {m.name: float(m.result()) for m in model.metrics}
+            # Trackers of a phase not yet started (e.g. the discriminator's) have no updates.
+            results = {
+                m.name: float(m.result())
+                for m in model.metrics
+                if float(getattr(m, "count", 1)) > 0
+            }
             if not all(math.isfinite(v) for v in results.values()):
                 raise NonFiniteLossError(
                     f"non-finite training metrics by step {step}: {results}; the last good "
@@ -231,8 +251,15 @@ def train(
                 for k, v in lr.items():
                     tf.summary.scalar(f"train/learning_rate_{k}", v)
             shown = " ".join(f"{k}={v:.4g}" for k, v in results.items())
-            logging.info("step %d/%d (%d%%) | %s | %.0f img/s | eta %s", step, train_steps,
-                         100 * step // train_steps, shown, rate, _format_eta(eta))
+            logging.info(
+                "step %d/%d (%d%%) | %s | %.0f img/s | eta %s",
+                step,
+                train_steps,
+                100 * step // train_steps,
+                shown,
+                rate,
+                _format_eta(eta),
+            )
             for m in model.metrics:
                 m.reset_state()
             t_log, steps_since_log = time.time(), 0

@@ -1,0 +1,23 @@
+"""Tiny gin bindings that turn the digits experiments into seconds-long test runs."""
+
+TINY_VITVQGAN = (
+    "IMAGE_SIZE = 16",
+    "BATCH_SIZE = 8",
+    "TRAIN_STEPS = 6",
+    "CHECKPOINT_EVERY = 3",
+    "ViTVQGAN.encoder = {'num_layers': 1, 'num_heads': 2, 'hidden_dim': 16, 'mlp_dim': 32}",
+    "ViTVQGAN.decoder = {'num_layers': 1, 'num_heads': 2, 'hidden_dim': 16, 'mlp_dim': 32}",
+    "ViTVQGAN.codebook_size = 16",
+    "ViTVQGAN.code_dim = 4",
+    "ViTVQGAN.discriminator = {'channel_base': 64, 'channel_max': 8}",
+    "ViTVQGAN.disc_start_step = 3",
+    "WarmupCosine.warmup_steps = 2",
+    "train.log_every = 2",
+    "train.image_every = 3",
+    "train.jit_compile = False",
+)
+
+
+def tiny_vitvqgan_bindings(data_dir, *extra):
+    """Bindings for gin/experiments/digits_vitvqgan.gin with a private TFDS data dir."""
+    return list(TINY_VITVQGAN) + [f"make_dataset.data_dir = '{data_dir}'", *extra]
