@@ -12,7 +12,8 @@ from vim_tf.config import gin_utils
 from vim_tf.eval import evaluator
 from vim_tf.testing.test_case import TestCase
 from vim_tf.testing.tiny import tiny_vitvqgan_bindings
-from vim_tf.training import train_lib, trainer
+from vim_tf.training import train_lib
+from vim_tf.utils import model_dir as model_dir_lib
 
 EXPERIMENT = "gin/experiments/digits_vitvqgan.gin"
 
@@ -136,7 +137,7 @@ class TrainerTest(TestCase):
     def test_model_dir_without_checkpoint(self):
         model_dir = os.path.join(self.get_temp_dir(), "nockpt")
         os.makedirs(model_dir)
-        trainer.write_model_info(model_dir, {"kind": "quantizer"})
+        model_dir_lib.write_model_info(model_dir, {"kind": "quantizer"})
         gin_utils.register_configurables()
         gin.parse_config_files_and_bindings([EXPERIMENT], tiny_vitvqgan_bindings(self.data_dir))
         gin_utils.save_config(model_dir)

@@ -60,22 +60,54 @@ def run(output_dir, extra_bindings=()):
     with open(q_metrics) as f:
         metrics = json.load(f)
 
+    p_dir = os.path.join(output_dir, "prior")
+    timings["train prior"] = _run(
+        [
+            "tools/train.py",
+            "--gin_file=gin/experiments/digits_vim.gin",
+            f"--quantizer_dir={q_dir}",
+            f"--model_dir={p_dir}",
+            *bindings,
+        ]
+    )
+    p_metrics = os.path.join(p_dir, "metrics.json")
+    if not _fresh(p_metrics, p_dir):
+        timings["evaluate prior"] = _run(
+            ["tools/evaluate.py", f"--model_dir={p_dir}", f"--output={p_metrics}"]
+        )
+    with open(p_metrics) as f:
+        prior_metrics = json.load(f)
+    samples_dir = os.path.join(output_dir, "samples")
+    if not _fresh(os.path.join(samples_dir, "samples.npz"), p_dir):
+        timings["sample"] = _run(
+            [
+                "tools/sample.py",
+                f"--model_dir={p_dir}",
+                f"--output_dir={samples_dir}",
+                "--num_samples=100",
+                "--seed=0",
+            ]
+        )
+
     total = time.time() - start
-    rows = [(k, metrics[k]) for k in ("psnr", "ssim", "l1", "l2", "codebook_usage", "perplexity")]
     print("\n== vim_tf main job: summary ==")
-    print(f"{'quantizer (test split, ' + str(metrics['num_images']) + ' images)':<44}")
-    for k, v in rows:
-        print(f"  {k:<20} {v:>10.4f}")
+    print(f"quantizer (test split, {metrics['num_images']} images)")
+    for k in ("psnr", "ssim", "l1", "l2", "codebook_usage", "perplexity"):
+        print(f"  {k:<20} {metrics[k]:>10.4f}")
+    print(f"prior (test split, {prior_metrics['num_images']} images)")
+    for k in ("nll_bits_per_token", "token_accuracy"):
+        print(f"  {k:<20} {prior_metrics[k]:>10.4f}")
     print("\nwritten:")
     for label, path in (
         ("reconstruction grid", metrics.get("reconstruction_grid")),
-        ("training grid", os.path.join(q_dir, "reconstructions.png")),
-        ("metrics", q_metrics),
+        ("class sample grid", os.path.join(samples_dir, "grid.png")),
+        ("samples", os.path.join(samples_dir, "samples.npz")),
+        ("quantizer metrics", q_metrics),
+        ("prior metrics", p_metrics),
         ("TensorBoard logdir", output_dir),
     ):
         print(f"  {label:<20} {path}")
-    print(
-        f"\nwall time {total / 60:.1f} min ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})"
-    )
+    shown = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
+    print(f"\nwall time {total / 60:.1f} min ({shown})")
     print(f"view: tensorboard --logdir {output_dir}")
-    return {"quantizer": metrics, "wall_time_s": total}
+    return {"quantizer": metrics, "prior": prior_metrics, "wall_time_s": total}

@@ -21,12 +21,16 @@ COMMAND_FILE = "command.txt"
 # Modules that register gin configurables; imported before any parsing.
 _CONFIGURABLE_MODULES = (
     "vim_tf.data.input_pipeline",
+    "vim_tf.eval.classifier_eval",
+    "vim_tf.eval.prior_eval",
     "vim_tf.eval.quantizer_eval",
     "vim_tf.losses.adversarial",
     "vim_tf.losses.reconstruction",
+    "vim_tf.models.classifier",
     "vim_tf.models.discriminator",
     "vim_tf.models.quantizer",
     "vim_tf.models.vit",
+    "vim_tf.models.vim",
     "vim_tf.models.vitvqgan",
     "vim_tf.training.optimizers",
     "vim_tf.training.trainer",

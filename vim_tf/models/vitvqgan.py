@@ -12,6 +12,7 @@ from vim_tf.models import quantizer as quantizer_lib
 from vim_tf.models.discriminator import StyleGANDiscriminator
 from vim_tf.models.vit import ViTDecoder, ViTEncoder
 from vim_tf.utils import images as image_utils
+from vim_tf.utils import model_dir as model_dir_lib
 
 _STACK_KEYS = ("num_layers", "num_heads", "hidden_dim", "mlp_dim")
 
@@ -451,3 +452,24 @@ class ViTVQGAN(keras.Model):
             disc_start_step=self.disc_start_step,
         )
         return config
+
+
+def load_quantizer(quantizer_dir):
+    """A trained quantizer for inference, rebuilt from its model dir without gin.
+
+    The discriminator and perceptual network are left out (they only serve training); the
+    returned model is frozen (`trainable = False`).
+    """
+    model_dir_lib.read_model_info(quantizer_dir, kind="quantizer")
+    config = model_dir_lib.read_model_config(quantizer_dir)
+    config.update(
+        adversarial_weight=0.0,
+        discriminator=None,
+        perceptual_weight=0.0,
+        perceptual_weights_path=None,
+    )
+    model = ViTVQGAN.from_config(config)
+    model.build()
+    model_dir_lib.restore_latest(model, quantizer_dir)
+    model.trainable = False
+    return model

@@ -21,3 +21,33 @@ TINY_VITVQGAN = (
 def tiny_vitvqgan_bindings(data_dir, *extra):
     """Bindings for gin/experiments/digits_vitvqgan.gin with a private TFDS data dir."""
     return list(TINY_VITVQGAN) + [f"make_dataset.data_dir = '{data_dir}'", *extra]
+
+
+TINY_VIM = (
+    "BATCH_SIZE = 8",
+    "TRAIN_STEPS = 4",
+    "CHECKPOINT_EVERY = 2",
+    "VIM.num_layers = 1",
+    "VIM.num_heads = 2",
+    "VIM.hidden_dim = 16",
+    "VIM.mlp_dim = 32",
+    "WarmupHoldExponential.warmup_steps = 1",
+    "WarmupHoldExponential.decay_start = 2",
+    "train.log_every = 2",
+    "train.image_every = 4",
+)
+
+TINY_CLASSIFIER = (
+    "IMAGE_SIZE = 16",
+    "BATCH_SIZE = 16",
+    "TRAIN_STEPS = 4",
+    "CHECKPOINT_EVERY = 4",
+    "ImageClassifier.channels = (8, 8)",
+    "ImageClassifier.feature_dim = 16",
+    "WarmupCosine.warmup_steps = 1",
+    "train.log_every = 2",
+)
+
+
+def with_data_dir(bindings, data_dir, *extra):
+    return list(bindings) + [f"make_dataset.data_dir = '{data_dir}'", *extra]

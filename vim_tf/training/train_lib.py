@@ -6,6 +6,7 @@ from absl import logging
 
 from vim_tf.config import gin_utils
 from vim_tf.training import distribute, trainer
+from vim_tf.utils import model_dir as model_dir_lib
 
 
 def run(model_dir, gin_files=(), gin_bindings=(), strategy="default", tpu=None, quantizer_dir=None):
@@ -28,5 +29,22 @@ def run(model_dir, gin_files=(), gin_bindings=(), strategy="default", tpu=None, 
     strat = distribute.get_strategy(strategy, tpu)
     model_kwargs = {}
     if quantizer_dir:
-        model_kwargs["quantizer_dir"] = quantizer_dir
+        _check_same_quantizer(model_dir, quantizer_dir)
+        model_kwargs["quantizer_dir"] = os.path.abspath(quantizer_dir)
     return trainer.train(model_dir, strategy=strat, model_kwargs=model_kwargs)
+
+
+def _check_same_quantizer(model_dir, quantizer_dir):
+    """A prior resumed with another quantizer must keep the token grid and vocabulary."""
+    new = model_dir_lib.read_model_info(quantizer_dir, kind="quantizer")
+    if not os.path.exists(os.path.join(model_dir, model_dir_lib.MODEL_INFO_FILE)):
+        return
+    old = model_dir_lib.read_model_info(model_dir)
+    for key in ("grid_size", "codebook_size"):
+        if key in old and old[key] != new[key]:
+            raise ValueError(
+                f"the prior in {model_dir!r} was trained on the quantizer "
+                f"{old.get('quantizer_dir')!r} with {key} {old[key]}, but --quantizer_dir="
+                f"{quantizer_dir!r} has {key} {new[key]}: use a matching quantizer or a new "
+                "--model_dir"
+            )

@@ -10,7 +10,6 @@ A model trained here is a `keras.Model` with:
 Rerunning the same command resumes from the newest checkpoint in the model dir.
 """
 
-import json
 import math
 import os
 import time
@@ -23,8 +22,7 @@ from vim_tf.config import gin_utils
 from vim_tf.data import input_pipeline
 from vim_tf.training import distribute, optimizers
 from vim_tf.utils import images as image_utils
-
-MODEL_INFO_FILE = "model_info.json"
+from vim_tf.utils import model_dir as model_dir_lib
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,39 +56,6 @@ def make_checkpoint_manager(model, directory, max_to_keep=3):
         ckpt, directory, max_to_keep=max_to_keep, checkpoint_name="ckpt"
     )
     return ckpt, manager
-
-
-def restore_latest(model, model_dir, expect_partial=True):
-    """Restores the newest checkpoint of `model_dir` into a built model; returns its path."""
-    latest = tf.train.latest_checkpoint(model_dir)
-    if latest is None:
-        raise ValueError(
-            f"no checkpoint in {model_dir!r}: train the model first (tools/train.py "
-            "--model_dir=...) or point at the dir that holds its ckpt-* files"
-        )
-    status = tf.train.Checkpoint(model=model).restore(latest)
-    if expect_partial:
-        status.expect_partial()
-    status.assert_existing_objects_matched()
-    return latest
-
-
-def write_model_info(model_dir, info):
-    path = os.path.join(model_dir, MODEL_INFO_FILE)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def read_model_info(model_dir):
-    path = os.path.join(model_dir, MODEL_INFO_FILE)
-    if not os.path.exists(path):
-        raise ValueError(
-            f"{model_dir!r} holds no {MODEL_INFO_FILE}: not a trained vim_tf model dir"
-        )
-    with open(path) as f:
-        return json.load(f)
 
 
 def _format_eta(seconds):
@@ -157,8 +122,12 @@ def train(
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(model.step))
     start = int(model.step)
-    if chief and hasattr(model, "model_info"):
-        write_model_info(model_dir, dict(model.model_info(), train_steps=train_steps))
+    if chief:
+        info = model.model_info() if hasattr(model, "model_info") else {"kind": model.kind}
+        model_dir_lib.write_model_info(model_dir, dict(info, train_steps=train_steps))
+        model_dir_lib.write_json(
+            os.path.join(model_dir, model_dir_lib.MODEL_CONFIG_FILE), model.get_config()
+        )
     if start >= train_steps:
         logging.info(
             "already trained to step %d (train_steps=%d); nothing to do", start, train_steps
@@ -174,7 +143,7 @@ def train(
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_from_context))
     global_batch = batch_sizes[0]
-    summary_batch = next(iter(dataset_fn(split=summary_split, training=False)))
+    summary_batch = next(iter(dataset_fn(split=summary_split, training=False, cache=False)))
 
     writer = tf.summary.create_file_writer(out_dir) if chief else tf.summary.create_noop_writer()
     boundaries = sorted(

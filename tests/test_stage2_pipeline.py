@@ -1,0 +1,124 @@
+"""Stage 2 end to end on tiny configs: quantizer -> prior (resume, mismatch) -> sample -> eval."""
+
+import json
+import os
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from vim_tf.eval import evaluator, generate
+from vim_tf.testing.test_case import TestCase
+from vim_tf.testing.tiny import TINY_CLASSIFIER, TINY_VIM, tiny_vitvqgan_bindings, with_data_dir
+from vim_tf.training import train_lib
+from vim_tf.utils import model_dir as model_dir_lib
+
+
+class Stage2PipelineTest(TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        root = tf.compat.v1.test.get_temp_dir()
+        cls.data_dir = os.path.join(root, "tfds")
+        cls.q_dir = os.path.join(root, "quantizer")
+        gin.clear_config()
+        train_lib.run(
+            cls.q_dir,
+            ["gin/experiments/digits_vitvqgan.gin"],
+            tiny_vitvqgan_bindings(
+                cls.data_dir, "TRAIN_STEPS = 2", "ViTVQGAN.disc_start_step = 10"
+            ),
+        )
+        gin.clear_config()
+
+    def _prior(self, model_dir, *extra, quantizer_dir=None):
+        gin.clear_config()
+        return train_lib.run(
+            model_dir,
+            ["gin/experiments/digits_vim.gin"],
+            with_data_dir(TINY_VIM, self.data_dir, "IMAGE_SIZE = 16", *extra),
+            quantizer_dir=quantizer_dir or self.q_dir,
+        )
+
+    def test_prior_trains_samples_and_evaluates(self):
+        p_dir = os.path.join(self.get_temp_dir(), "prior")
+        model = self._prior(p_dir)
+        self.assertEqual(int(model.step), 4)
+        info = model_dir_lib.read_model_info(p_dir, kind="prior")
+        self.assertEqual(info["quantizer_dir"], os.path.abspath(self.q_dir))
+        self.assertEqual((info["grid_size"], info["codebook_size"]), (4, 16))
+        self.assertTrue(os.path.exists(os.path.join(p_dir, "samples.png")))
+
+        out_dir = os.path.join(self.get_temp_dir(), "samples")
+        gin.clear_config()
+        arrays = generate.generate(
+            p_dir, out_dir, num_samples=20, class_ids=["3", "7"], seed=5, top_k=5
+        )
+        saved = np.load(os.path.join(out_dir, "samples.npz"))
+        self.assertEqual(saved["images"].shape, (20, 16, 16, 3))
+        self.assertEqual(saved["images"].dtype, np.uint8)
+        self.assertEqual(saved["tokens"].shape, (20, 4, 4))
+        self.assertEqual(saved["tokens"].dtype, np.int32)
+        np.testing.assert_array_equal(saved["class_ids"], [3] * 10 + [7] * 10)
+        self.assertTrue(os.path.exists(os.path.join(out_dir, "grid.png")))
+        # Same seed and settings: the same samples; the images are the tokens decoded.
+        gin.clear_config()
+        again = generate.generate(
+            p_dir, out_dir, num_samples=20, class_ids=["3", "7"], seed=5, top_k=5
+        )
+        np.testing.assert_array_equal(arrays["tokens"], again["tokens"])
+        model, _, _ = evaluator.load_trained_model(p_dir)
+        decoded = model.decode(tf.constant(arrays["tokens"])).numpy()
+        self.assertLessEqual(np.abs(decoded * 255 - arrays["images"]).max(), 0.5 + 1e-3)
+
+        gin.clear_config()
+        metrics = evaluator.evaluate(p_dir, os.path.join(self.get_temp_dir(), "m.json"))
+        self.assertGreater(metrics["nll_bits_per_token"], 0.0)
+        # Bits per token against the prior's own cross-entropy on the test split.
+        self.assertLess(metrics["nll_bits_per_token"], np.log2(16) + 2.0)
+        self.assertEqual(metrics["num_images"], 360)
+
+    def test_resume_with_mismatched_quantizer_is_refused(self):
+        p_dir = os.path.join(self.get_temp_dir(), "prior2")
+        self._prior(p_dir, "TRAIN_STEPS = 2")
+        other = os.path.join(self.get_temp_dir(), "q_other")
+        os.makedirs(other)
+        info = model_dir_lib.read_model_info(self.q_dir)
+        model_dir_lib.write_model_info(other, dict(info, codebook_size=32))
+        with self.assertRaisesRegex(ValueError, "codebook_size 16, but --quantizer_dir"):
+            self._prior(p_dir, quantizer_dir=other)
+        with self.assertRaisesRegex(ValueError, "VIM.grid_size is 5 but the quantizer"):
+            self._prior(os.path.join(self.get_temp_dir(), "p3"), "VIM.grid_size = 5")
+        with self.assertRaisesRegex(ValueError, "holds a 'prior' model, not a 'quantizer'"):
+            self._prior(os.path.join(self.get_temp_dir(), "p4"), quantizer_dir=p_dir)
+
+    def test_sampling_errors(self):
+        with self.assertRaisesRegex(ValueError, r"class ids \[12\] out of range: valid are 0..9"):
+            generate.class_plan(10, 10, ["12"])
+        with self.assertRaisesRegex(ValueError, "unconditional"):
+            generate.class_plan(10, 0, ["1"])
+
+    def test_classifier_trains_and_scores(self):
+        c_dir = os.path.join(self.get_temp_dir(), "classifier")
+        gin.clear_config()
+        train_lib.run(
+            c_dir,
+            ["gin/experiments/digits_classifier.gin"],
+            with_data_dir(TINY_CLASSIFIER, self.data_dir),
+        )
+        gin.clear_config()
+        out = os.path.join(self.get_temp_dir(), "c.json")
+        metrics = evaluator.evaluate(c_dir, out)
+        self.assertEqual(json.load(open(out))["num_images"], 360)
+        self.assertBetween(metrics["accuracy"], 0.0, 1.0)
+        classifier = evaluator.load_classifier(c_dir)
+        from vim_tf.eval import classifier_eval
+
+        images = np.random.uniform(size=(6, 16, 16, 3)).astype(np.float32)
+        preds = classifier(images).numpy().argmax(-1)
+        acc, per_class = classifier_eval.class_accuracy(classifier, images, preds)
+        self.assertEqual(acc, 1.0)
+
+
+if __name__ == "__main__":
+    tf.test.main()

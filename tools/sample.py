@@ -1,0 +1,47 @@
+"""Draws samples from a trained VIM prior: OUT/samples.npz and OUT/grid.png.
+
+  python tools/sample.py --model_dir=runs/demo/prior --output_dir=runs/demo/samples \
+      --num_samples=100 [--class_ids=0,1] [--temperature=1.0] [--top_k=0] [--top_p=1.0] \
+      [--cfg_scale=1.0] [--seed=0]
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("model_dir", None, "A trained prior's model dir.")
+flags.DEFINE_string("output_dir", None, "Where samples.npz and grid.png go.")
+flags.DEFINE_integer("num_samples", 100, "Number of samples.")
+flags.DEFINE_list("class_ids", [], "Classes to sample (default: all, evenly).")
+flags.DEFINE_float("temperature", 1.0, "Softmax temperature (> 0).")
+flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0: off).")
+flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass in (0, 1] (1: off).")
+flags.DEFINE_float("cfg_scale", 1.0, "Classifier-free guidance scale (1: off).")
+flags.DEFINE_integer("seed", 0, "Random seed: the same seed gives the same samples.")
+flags.DEFINE_integer("batch_size", 100, "Samples per batch.")
+flags.mark_flags_as_required(["model_dir", "output_dir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from vim_tf.eval import generate
+
+    generate.generate(
+        FLAGS.model_dir,
+        FLAGS.output_dir,
+        FLAGS.num_samples,
+        FLAGS.class_ids,
+        FLAGS.temperature,
+        FLAGS.top_k,
+        FLAGS.top_p,
+        FLAGS.cfg_scale,
+        FLAGS.seed,
+        FLAGS.batch_size,
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,136 @@
+"""What `tools/sample.py` does: draw samples from a trained prior, decode, save npz and a grid."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from vim_tf.eval import evaluator
+from vim_tf.models import sampling
+from vim_tf.utils import images as image_utils
+
+
+def class_plan(num_samples, num_classes, class_ids=None):
+    """Class id of every sample, grouped by class (a grid row per class).
+
+    Unconditional priors get None. Otherwise `num_samples` is split evenly over `class_ids`
+    (default: every class), in class order.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if num_classes == 0:
+        if class_ids:
+            raise ValueError("class_ids given, but the prior is unconditional")
+        return None
+    ids = list(range(num_classes)) if not class_ids else [int(c) for c in class_ids]
+    bad = [c for c in ids if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"class ids {bad} out of range: valid are 0..{num_classes - 1}")
+    per = int(np.ceil(num_samples / len(ids)))
+    return np.repeat(np.asarray(ids, np.int32), per)[:num_samples]
+
+
+class Sampler:
+    """Traced, batched sampling from a prior (+ decoding through its quantizer)."""
+
+    def __init__(self, model, jit_compile=False):
+        self.model = model
+        self._fns = {}
+        self.jit_compile = jit_compile
+
+    def _fn(self, guided, use_cache):
+        key = (guided, use_cache)
+        if key not in self._fns:
+            model = self.model
+
+            def run(class_ids, seed, temperature, top_k, top_p, cfg_scale):
+                tokens = model.sample_tokens(
+                    class_ids,
+                    seed,
+                    temperature,
+                    top_k,
+                    top_p,
+                    cfg_scale,
+                    guided=guided,
+                    use_cache=use_cache,
+                )
+                return tokens, model.decode(tokens)
+
+            self._fns[key] = tf.function(run, jit_compile=self.jit_compile)
+        return self._fns[key]
+
+    def sample(
+        self,
+        class_ids,
+        seed=0,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        cfg_scale=1.0,
+        batch_size=100,
+        use_cache=True,
+    ):
+        """Returns (tokens int32 [N, h, w], images float32 [N, H, W, 3]).
+
+        Batch b draws with seed `seed * 1_000_003 + b`, so results depend on (seed, batch_size).
+        """
+        sampling.check_sampling_args(temperature, top_k, top_p, cfg_scale)
+        guided = cfg_scale != 1.0
+        fn = self._fn(guided, use_cache)
+        n = len(class_ids)
+        tokens, images = [], []
+        for b, start in enumerate(range(0, n, batch_size)):
+            c = tf.constant(class_ids[start : start + batch_size], tf.int32)
+            t, im = fn(
+                c,
+                tf.constant(seed * 1_000_003 + b, tf.int32),
+                tf.constant(temperature, tf.float32),
+                tf.constant(top_k, tf.int32),
+                tf.constant(top_p, tf.float32),
+                tf.constant(cfg_scale, tf.float32),
+            )
+            tokens.append(t.numpy())
+            images.append(im.numpy())
+            logging.info("sampled %d/%d", min(start + batch_size, n), n)
+        return np.concatenate(tokens), np.concatenate(images)
+
+
+def generate(
+    model_dir,
+    output_dir,
+    num_samples,
+    class_ids=None,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    cfg_scale=1.0,
+    seed=0,
+    batch_size=100,
+):
+    """Samples from the prior in `model_dir`; writes samples.npz and grid.png to output_dir."""
+    model, info, _ = evaluator.load_trained_model(model_dir)
+    if info.get("kind") != "prior":
+        raise ValueError(
+            f"{model_dir!r} holds a {info.get('kind')!r} model; sampling needs a "
+            "prior (a VIM model dir)"
+        )
+    plan = class_plan(num_samples, model.num_classes, class_ids)
+    ids = plan if plan is not None else np.zeros([num_samples], np.int32)
+    tokens, images = Sampler(model).sample(
+        ids, seed, temperature, top_k, top_p, cfg_scale, batch_size
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    images_u8 = image_utils.to_uint8(images)
+    arrays = {"images": images_u8, "tokens": tokens.astype(np.int32)}
+    if plan is not None:
+        arrays["class_ids"] = plan
+    npz = os.path.join(output_dir, "samples.npz")
+    tmp = npz + f".tmp-{os.getpid()}.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, npz)
+    rows = len(np.unique(plan)) if plan is not None else None
+    grid = image_utils.make_grid(images_u8, rows=rows)
+    grid_path = image_utils.save_png(os.path.join(output_dir, "grid.png"), grid, scale=2)
+    logging.info("wrote %s and %s", npz, grid_path)
+    return arrays

@@ -1,0 +1,74 @@
+"""Logit processing for autoregressive sampling: temperature, top-k, top-p, guidance, draws.
+
+Every function takes tensors for its knobs (so one traced graph serves any setting) and keeps
+static shapes (XLA-compilable).
+"""
+
+import tensorflow as tf
+
+NEG_INF = -1e9
+
+
+def check_sampling_args(temperature, top_k, top_p, cfg_scale):
+    """Python-side validation with messages that name the bad value."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if int(top_k) != top_k or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+    if cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale}")
+
+
+def apply_top_k(logits, k):
+    """Keeps the k largest logits per row (k == 0: all). logits [B, K] float32; k int scalar."""
+    k = tf.cast(k, tf.int32)
+    vocab = tf.shape(logits)[-1]
+    sorted_logits = tf.sort(logits, axis=-1, direction="DESCENDING")
+    kth = tf.gather(sorted_logits, tf.clip_by_value(k - 1, 0, vocab - 1), axis=-1)[:, None]
+    masked = tf.where(logits < kth, NEG_INF, logits)
+    return tf.where(k > 0, masked, logits)
+
+
+def apply_top_p(logits, p):
+    """Nucleus filtering: keeps the smallest set of top tokens whose probability reaches p.
+
+    logits [B, K] float32; p float scalar in (0, 1] (1: all). The most likely token is always kept.
+    """
+    p = tf.cast(p, tf.float32)
+    sorted_logits = tf.sort(logits, axis=-1, direction="DESCENDING")
+    probs = tf.nn.softmax(sorted_logits, axis=-1)
+    # Probability mass strictly before each sorted position: a token is kept while that is < p.
+    before = tf.cumsum(probs, axis=-1, exclusive=True)
+    keep = before < p
+    threshold = tf.reduce_min(tf.where(keep, sorted_logits, -NEG_INF), axis=-1, keepdims=True)
+    masked = tf.where(logits < threshold, NEG_INF, logits)
+    return tf.where(p < 1.0, masked, logits)
+
+
+def process_logits(logits, temperature, top_k, top_p):
+    """Temperature, then top-k, then top-p. logits [B, K] -> [B, K] float32."""
+    logits = tf.cast(logits, tf.float32) / tf.cast(temperature, tf.float32)
+    return apply_top_p(apply_top_k(logits, top_k), top_p)
+
+
+def guide(cond_logits, uncond_logits, scale):
+    """Classifier-free guidance: uncond + scale * (cond - uncond); scale 1 = conditional only."""
+    scale = tf.cast(scale, tf.float32)
+    return uncond_logits + scale * (cond_logits - uncond_logits)
+
+
+def draw(logits, seed, position):
+    """One token per row from categorical(logits), a pure function of (seed, position).
+
+    Args:
+      logits: [B, K] float32 processed logits.
+      seed: int scalar, the user's seed.
+      position: int scalar, the sequence position (each position gets its own stream).
+
+    Returns:
+      int32 [B].
+    """
+    s = tf.stack([tf.cast(seed, tf.int32), tf.cast(position, tf.int32)])
+    return tf.cast(tf.random.stateless_categorical(logits, 1, s)[:, 0], tf.int32)

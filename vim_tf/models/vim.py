@@ -1,0 +1,424 @@
+"""VIM: the decoder-only Transformer prior over ViT-VQGAN tokens (PAPER.md, stage 2).
+
+Sequence layout: position 0 holds the class token (class-conditional) or a start token
+(unconditional); position i > 0 holds image token i - 1; the output at position i predicts image
+token i (raster order). Every input position also gets the learnable 2-D positional embedding of
+the token it predicts.
+"""
+
+import math
+import os
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from vim_tf.models import sampling
+from vim_tf.models.vit import TransformerStack
+from vim_tf.models.vitvqgan import load_quantizer
+from vim_tf.utils import images as image_utils
+from vim_tf.utils import model_dir as model_dir_lib
+
+
+@gin.register
+class VIM(keras.Model):
+    """Decoder-only Transformer over raster-ordered image tokens.
+
+    Args:
+      grid_size: tokens per side (the quantizer's grid; the sequence has grid_size**2 tokens).
+      codebook_size: token vocabulary (the quantizer's codebook size).
+      num_layers, num_heads, hidden_dim, mlp_dim: Transformer size (PAPER.md table).
+      dropout: on residual branches, MLP activations and attention weights (0.1 in the paper).
+      num_classes: 0 for an unconditional prior; otherwise a class-id token with its own
+        embedding table is prepended, plus one "null" class (id `num_classes`) used for
+        classifier-free guidance.
+      class_dropout: training probability of replacing the class with the null class (enables
+        classifier-free guidance; not in the paper, 0 there).
+      quantizer_dir: the trained stage-1 model dir. Its frozen encoder tokenizes training images
+        on the fly and its decoder turns samples into images; grid_size and codebook_size default
+        to the quantizer's and must match it when set.
+
+    Call: `tokens: int [B, N], class_ids: int [B] -> logits float32 [B, N, codebook_size]`.
+    """
+
+    kind = "prior"
+    optimizer_names = ("prior",)
+
+    def __init__(
+        self,
+        num_layers,
+        num_heads,
+        hidden_dim,
+        mlp_dim,
+        grid_size=None,
+        codebook_size=None,
+        dropout=0.1,
+        num_classes=0,
+        class_dropout=0.0,
+        quantizer_dir=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.quantizer_dir = quantizer_dir
+        self.quantizer = None
+        if quantizer_dir:
+            info = model_dir_lib.read_model_info(quantizer_dir, kind="quantizer")
+            for name, value in (("grid_size", grid_size), ("codebook_size", codebook_size)):
+                if value is not None and value != info[name]:
+                    raise ValueError(
+                        f"VIM.{name} is {value} but the quantizer at {quantizer_dir!r} has "
+                        f"{name} {info[name]}: a prior must use its quantizer's token grid and "
+                        "codebook (leave VIM.grid_size / VIM.codebook_size unset to follow it)"
+                    )
+            grid_size, codebook_size = info["grid_size"], info["codebook_size"]
+            self.quantizer = load_quantizer(quantizer_dir)
+        if grid_size is None or codebook_size is None:
+            raise ValueError(
+                "VIM needs its quantizer: pass --quantizer_dir=DIR (a trained stage-1 model dir) "
+                "or set VIM.grid_size and VIM.codebook_size"
+            )
+        for name, value in (
+            ("grid_size", grid_size),
+            ("codebook_size", codebook_size),
+            ("num_layers", num_layers),
+            ("num_heads", num_heads),
+            ("hidden_dim", hidden_dim),
+            ("mlp_dim", mlp_dim),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"VIM.{name} must be a positive int, got {value!r}")
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"VIM.num_classes must be an int >= 0, got {num_classes!r}")
+        if not 0.0 <= class_dropout < 1.0:
+            raise ValueError(f"VIM.class_dropout must be in [0, 1), got {class_dropout}")
+        if class_dropout > 0 and num_classes == 0:
+            raise ValueError("VIM.class_dropout needs a class-conditional prior (num_classes > 0)")
+        self.grid_size = grid_size
+        self.seq_len = grid_size * grid_size
+        self.codebook_size = codebook_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.hidden_dim = hidden_dim
+        self.mlp_dim = mlp_dim
+        self.dropout = dropout
+        self.num_classes = num_classes
+        self.class_dropout = class_dropout
+        self.head_dim = hidden_dim // num_heads
+        self.transformer = TransformerStack(
+            num_layers, num_heads, mlp_dim, dropout, causal=True, name="transformer"
+        )
+        self.ln_final = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_final")
+        self.head = keras.layers.Dense(codebook_size, name="head")
+        self.embed_dropout = keras.layers.Dropout(dropout)
+        self._trackers = {
+            n: keras.metrics.Mean(name=n) for n in ("loss", "bits_per_token", "accuracy")
+        }
+
+    @property
+    def null_class(self):
+        return self.num_classes
+
+    @property
+    def num_class_slots(self):
+        # Conditional: the classes plus the null class; unconditional: the start token.
+        return self.num_classes + 1 if self.num_classes else 1
+
+    def build(self, input_shape=None):
+        init = keras.initializers.RandomNormal(stddev=0.02)
+        d = self.hidden_dim
+        self.token_embedding = self.add_weight(
+            name="token_embedding", shape=(self.codebook_size, d), initializer=init
+        )
+        self.class_embedding = self.add_weight(
+            name="class_embedding", shape=(self.num_class_slots, d), initializer=init
+        )
+        self.row_embedding = self.add_weight(
+            name="row_posemb", shape=(self.grid_size, d), initializer=init
+        )
+        self.col_embedding = self.add_weight(
+            name="col_posemb", shape=(self.grid_size, d), initializer=init
+        )
+        self.transformer.build((None, self.seq_len, d))
+        self.ln_final.build((None, self.seq_len, d))
+        self.head.build((None, self.seq_len, d))
+        self.built = True
+
+    def positional_embedding(self):
+        """[N, D]: row embedding + column embedding of each raster position."""
+        pos = self.row_embedding[:, None, :] + self.col_embedding[None, :, :]
+        return ops.reshape(pos, (self.seq_len, self.hidden_dim))
+
+    def class_slots(self, class_ids):
+        """Maps user class ids to embedding rows (unconditional priors use the start token)."""
+        if self.num_classes == 0:
+            return ops.zeros_like(class_ids, dtype="int32")
+        return ops.cast(class_ids, "int32")
+
+    def embed_inputs(self, tokens, class_ids):
+        """tokens [B, N] -> inputs [B, N, D] (class/start token, then tokens shifted right)."""
+        first = ops.take(self.class_embedding, self.class_slots(class_ids), axis=0)[:, None]
+        rest = ops.take(self.token_embedding, ops.cast(tokens[:, :-1], "int32"), axis=0)
+        x = ops.concatenate([first, rest], axis=1) + self.positional_embedding()[None]
+        return ops.cast(x, self.compute_dtype)
+
+    def call(self, tokens, class_ids=None, training=None, return_hidden=False):
+        if class_ids is None:
+            class_ids = ops.zeros((ops.shape(tokens)[0],), "int32")
+        x = self.embed_dropout(self.embed_inputs(tokens, class_ids), training=training)
+        x, hidden = self.transformer(x, training=training, return_all=True)
+        logits = ops.cast(self.head(self.ln_final(x)), "float32")
+        return (logits, hidden) if return_hidden else logits
+
+    def features(self, tokens, class_ids=None, layer=None):
+        """Mean over tokens of block `layer`'s output (1-based; default: the middle block).
+
+        The linear-probe features: [B, hidden_dim] float32.
+        """
+        layer = layer or max(1, self.num_layers // 2)
+        if not 1 <= layer <= self.num_layers:
+            raise ValueError(f"layer must be in [1, {self.num_layers}], got {layer}")
+        _, hidden = self(tokens, class_ids, training=False, return_hidden=True)
+        return ops.cast(ops.mean(hidden[layer - 1], axis=1), "float32")
+
+    # ----------------------------------------------------------------- training
+    def build_all(self):
+        self.build()
+
+    def compile(self, prior=None, **kwargs):
+        super().compile(**kwargs)
+        self.prior_optimizer = prior
+
+    def build_optimizers(self):
+        self.prior_optimizer.build(self.trainable_variables)
+
+    def checkpoint_items(self):
+        return {"model": self, "prior_optimizer": self.prior_optimizer}
+
+    @property
+    def step(self):
+        return self.prior_optimizer.iterations
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def nll(self, tokens, class_ids, training=False):
+        """Mean next-token cross-entropy in nats, and the argmax accuracy."""
+        logits = self(tokens, class_ids, training=training)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens, logits=logits)
+        acc = ops.mean(ops.cast(ops.equal(ops.argmax(logits, -1), tokens), "float32"))
+        return ops.mean(ce), acc
+
+    def tokenize(self, data):
+        """Token ids [B, N] from a batch: its `tokens`, or its `image`s through the quantizer."""
+        if "tokens" in data:
+            return ops.reshape(ops.cast(data["tokens"], "int32"), (-1, self.seq_len))
+        if self.quantizer is None:
+            raise ValueError("batches of images need the prior's quantizer (--quantizer_dir)")
+        tokens = tf.stop_gradient(self.quantizer.encode(data["image"]))
+        return ops.reshape(tokens, (-1, self.seq_len))
+
+    def train_step(self, data):
+        tokens = self.tokenize(data)
+        class_ids = ops.cast(
+            data.get("label", ops.zeros((ops.shape(tokens)[0],), "int32")), "int32"
+        )
+        if self.class_dropout > 0:
+            drop = tf.random.uniform(tf.shape(class_ids)) < self.class_dropout
+            class_ids = tf.where(drop, self.null_class, class_ids)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            loss, acc = self.nll(tokens, class_ids, training=True)
+            scaled = loss / replicas
+        variables = self.trainable_variables
+        self.prior_optimizer.apply(tape.gradient(scaled, variables), variables)
+        self._trackers["loss"].update_state(loss)
+        self._trackers["bits_per_token"].update_state(loss / math.log(2.0))
+        self._trackers["accuracy"].update_state(acc)
+        return {m.name: m.result() for m in self.metrics}
+
+    # ----------------------------------------------------------------- sampling
+    def _block_step(self, i, x, pos, cache_k, cache_v, mask):
+        """One block on one new position with the key/value cache.
+
+        x [B, 1, D]; cache_k/v [N, B, H, hd] of this block; mask [N] bool (positions <= pos).
+        """
+        block = self.transformer.block(i)
+        attn = block.attn
+        q, k, v = attn.split_heads(attn.project_qkv(block.ln_1(x)))  # each [B, H, 1, hd]
+        cache_k = tf.tensor_scatter_nd_update(cache_k, [[pos]], tf.transpose(k, (2, 0, 1, 3)))
+        cache_v = tf.tensor_scatter_nd_update(cache_v, [[pos]], tf.transpose(v, (2, 0, 1, 3)))
+        scale = 1.0 / np.sqrt(self.head_dim)
+        logits = tf.einsum(
+            "bhd,nbhd->bhn", tf.cast(q[:, :, 0] * scale, tf.float32), tf.cast(cache_k, tf.float32)
+        )
+        logits = tf.where(mask[None, None, :], logits, sampling.NEG_INF)
+        probs = tf.cast(tf.nn.softmax(logits, axis=-1), cache_v.dtype)
+        heads = tf.einsum("bhn,nbhd->bhd", probs, cache_v)[:, :, None]
+        x = x + attn.project_out(heads)
+        x = x + block.mlp(block.ln_2(x))
+        return x, cache_k, cache_v
+
+    def _logits_at(self, x, pos, caches):
+        """Runs every block on position `pos`; returns (logits [B, K] float32, new caches)."""
+        mask = tf.range(self.seq_len) <= pos
+        new = []
+        for i in range(self.num_layers):
+            x, ck, cv = self._block_step(i, x, pos, caches[i][0], caches[i][1], mask)
+            new.append((ck, cv))
+        logits = tf.cast(self.head(self.ln_final(x))[:, 0], tf.float32)
+        return logits, new
+
+    def _next_input(self, tokens_t, pos):
+        """Embedding of a sampled token placed at sequence position pos + 1: [B, 1, D]."""
+        nxt = tf.minimum(pos + 1, self.seq_len - 1)
+        e = (
+            tf.gather(self.token_embedding, tokens_t)
+            + tf.gather(self.positional_embedding(), nxt)[None]
+        )
+        return tf.cast(e[:, None], self.compute_dtype)
+
+    def _choose(self, logits, pos, seed, temperature, top_k, top_p, cfg_scale, guided, batch):
+        if guided:
+            logits = sampling.guide(logits[:batch], logits[batch:], cfg_scale)
+        logits = sampling.process_logits(logits, temperature, top_k, top_p)
+        return sampling.draw(logits, seed, pos)
+
+    def _guided_classes(self, class_ids, guided):
+        class_ids = tf.cast(class_ids, tf.int32)
+        if guided:
+            if self.num_classes == 0:
+                raise ValueError("classifier-free guidance needs a class-conditional prior")
+            return tf.concat([class_ids, tf.fill(tf.shape(class_ids), self.null_class)], 0)
+        return class_ids
+
+    def sample_tokens(
+        self,
+        class_ids,
+        seed,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        cfg_scale=1.0,
+        guided=False,
+        use_cache=True,
+        num_steps=None,
+    ):
+        """Autoregressive sampling (call inside tf.function; static shapes, XLA-compilable).
+
+        Args:
+          class_ids: int [B] (ignored by unconditional priors, but sets the batch size).
+          seed: int scalar; the same seed and settings give the same tokens.
+          temperature, top_k, top_p, cfg_scale: scalars (tensors allowed); see `sampling`.
+          guided: Python bool, use classifier-free guidance (doubles the batch).
+          use_cache: Python bool; False recomputes the whole prefix at every step (reference).
+          num_steps: Python int, stop after this many positions (benchmarks; default: all).
+
+        Returns:
+          int32 [B, grid_size, grid_size].
+        """
+        steps = self.seq_len if num_steps is None else int(num_steps)
+        batch = tf.shape(class_ids)[0]
+        classes = self._guided_classes(class_ids, guided)
+        rows = tf.shape(classes)[0]
+        tokens = tf.zeros([batch, self.seq_len], tf.int32)
+        choose = lambda logits, pos: self._choose(  # noqa: E731
+            logits, pos, seed, temperature, top_k, top_p, cfg_scale, guided, batch
+        )
+        if use_cache:
+            shape = [self.seq_len, rows, self.num_heads, self.head_dim]
+            caches = [
+                (tf.zeros(shape, self.compute_dtype), tf.zeros(shape, self.compute_dtype))
+                for _ in range(self.num_layers)
+            ]
+            first = tf.gather(self.class_embedding, self.class_slots(classes))
+            x0 = tf.cast(
+                (first + self.positional_embedding()[0][None])[:, None], self.compute_dtype
+            )
+
+            def body(pos, x, tokens, caches):
+                logits, caches = self._logits_at(x, pos, caches)
+                t = choose(logits, pos)
+                tokens = tf.tensor_scatter_nd_update(tf.transpose(tokens), [[pos]], t[None])
+                tokens = tf.transpose(tokens)
+                t_rows = tf.concat([t, t], 0) if guided else t
+                nxt = tf.ensure_shape(self._next_input(t_rows, pos), x.shape)
+                return pos + 1, nxt, tokens, caches
+
+            _, _, tokens, _ = tf.while_loop(
+                lambda pos, *_: pos < steps,
+                body,
+                (tf.constant(0), x0, tokens, caches),
+                maximum_iterations=steps,
+            )
+        else:
+
+            def body(pos, tokens):
+                t_rows = tf.concat([tokens, tokens], 0) if guided else tokens
+                logits = tf.gather(self(t_rows, classes, training=False), pos, axis=1)
+                t = choose(logits, pos)
+                tokens = tf.transpose(
+                    tf.tensor_scatter_nd_update(tf.transpose(tokens), [[pos]], t[None])
+                )
+                return pos + 1, tokens
+
+            _, tokens = tf.while_loop(
+                lambda pos, *_: pos < steps,
+                body,
+                (tf.constant(0), tokens),
+                maximum_iterations=steps,
+            )
+        return tf.reshape(tokens, [batch, self.grid_size, self.grid_size])
+
+    # ----------------------------------------------------------------- summaries
+    def decode(self, tokens):
+        """tokens [B, h, w] -> images [B, H, W, 3] in [0, 1] through the quantizer."""
+        if self.quantizer is None:
+            raise ValueError("decoding tokens to images needs the prior's quantizer")
+        return self.quantizer.decode(tokens)
+
+    def summary_images(self, batch, per_class=4):
+        """A sample grid: one row per class (up to 10), `per_class` samples each."""
+        if self.quantizer is None:
+            return {}
+        classes = min(self.num_classes, 10) if self.num_classes else 1
+        class_ids = tf.repeat(tf.range(classes, dtype=tf.int32), per_class)
+        if getattr(self, "_summary_sampler", None) is None:
+            # Bypasses Keras attribute tracking: a traced function is not model state.
+            object.__setattr__(
+                self,
+                "_summary_sampler",
+                tf.function(lambda c: self.decode(self.sample_tokens(c, seed=0))),
+            )
+        images = self._summary_sampler(class_ids).numpy()
+        return {"samples": image_utils.make_grid(images, rows=classes)[None]}
+
+    def model_info(self):
+        info = {
+            "kind": self.kind,
+            "grid_size": self.grid_size,
+            "codebook_size": self.codebook_size,
+            "num_classes": self.num_classes,
+            "quantizer_dir": os.path.abspath(self.quantizer_dir) if self.quantizer_dir else None,
+        }
+        if self.quantizer is not None:
+            info["image_size"] = self.quantizer.image_size
+        return info
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            quantizer_dir=self.quantizer_dir,
+            grid_size=self.grid_size,
+            codebook_size=self.codebook_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            hidden_dim=self.hidden_dim,
+            mlp_dim=self.mlp_dim,
+            dropout=self.dropout,
+            num_classes=self.num_classes,
+            class_dropout=self.class_dropout,
+        )
+        return config
