@@ -92,6 +92,54 @@ class Stage2PipelineTest(TestCase):
         with self.assertRaisesRegex(ValueError, "holds a 'prior' model, not a 'quantizer'"):
             self._prior(os.path.join(self.get_temp_dir(), "p4"), quantizer_dir=p_dir)
 
+    def test_token_shards(self):
+        from vim_tf.data import input_pipeline, tokens
+
+        token_dir = os.path.join(self.get_temp_dir(), "tokens")
+        gin.clear_config()
+        counts = tokens.encode_splits(self.q_dir, token_dir)
+        self.assertEqual(counts, {"train": 1437, "test": 360})
+        info = tokens.read_token_info(token_dir)
+        self.assertEqual((info["grid_size"], info["codebook_size"]), (4, 16))
+        # The shards hold exactly what the quantizer's encoder gives for the test images.
+        from vim_tf.models.vitvqgan import load_quantizer
+
+        quantizer = load_quantizer(self.q_dir)
+        images, labels = [], []
+        for b in input_pipeline.make_dataset(split="test", training=False):
+            images.append(b["image"].numpy())
+            labels.append(b["label"].numpy())
+        expected = quantizer.encode(np.concatenate(images)).numpy().reshape(360, -1)
+        got = list(
+            tokens.make_token_dataset(
+                token_dir=token_dir, split="test", batch_size=1000, training=False
+            )
+        )[0]
+        np.testing.assert_array_equal(got["tokens"].numpy(), expected)
+        np.testing.assert_array_equal(got["label"].numpy(), np.concatenate(labels))
+
+        p_dir = os.path.join(self.get_temp_dir(), "prior_tokens")
+        gin.clear_config()
+        model = train_lib.run(
+            p_dir,
+            ["gin/experiments/digits_vim_tokens.gin"],
+            with_data_dir(TINY_VIM, self.data_dir, "IMAGE_SIZE = 16", f"TOKEN_DIR = '{token_dir}'"),
+            quantizer_dir=self.q_dir,
+        )
+        self.assertEqual(int(model.step), 4)
+        bad = os.path.join(self.get_temp_dir(), "bad_tokens")
+        os.makedirs(bad)
+        with open(os.path.join(bad, tokens.INFO_FILE), "w") as f:
+            json.dump(dict(info, codebook_size=99), f)
+        gin.clear_config()
+        with self.assertRaisesRegex(ValueError, "have codebook_size 99"):
+            train_lib.run(
+                os.path.join(self.get_temp_dir(), "p5"),
+                ["gin/experiments/digits_vim_tokens.gin"],
+                with_data_dir(TINY_VIM, self.data_dir, f"TOKEN_DIR = '{bad}'"),
+                quantizer_dir=self.q_dir,
+            )
+
     def test_sampling_errors(self):
         with self.assertRaisesRegex(ValueError, r"class ids \[12\] out of range: valid are 0..9"):
             generate.class_plan(10, 10, ["12"])

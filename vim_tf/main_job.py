@@ -62,12 +62,18 @@ def run(output_dir, extra_bindings=()):
 
     c_dir = os.path.join(output_dir, "classifier")
     timings["train classifier"] = _run(
-        ["tools/train.py", "--gin_file=gin/experiments/digits_classifier.gin",
-         f"--model_dir={c_dir}", *bindings])
+        [
+            "tools/train.py",
+            "--gin_file=gin/experiments/digits_classifier.gin",
+            f"--model_dir={c_dir}",
+            *bindings,
+        ]
+    )
     c_metrics = os.path.join(c_dir, "metrics.json")
     if not _fresh(c_metrics, c_dir):
         timings["evaluate classifier"] = _run(
-            ["tools/evaluate.py", f"--model_dir={c_dir}", f"--output={c_metrics}"])
+            ["tools/evaluate.py", f"--model_dir={c_dir}", f"--output={c_metrics}"]
+        )
     with open(c_metrics) as f:
         classifier_metrics = json.load(f)
 
@@ -108,8 +114,10 @@ def run(output_dir, extra_bindings=()):
     print(f"prior (test split, {prior_metrics['num_images']} images)")
     for k in ("nll_bits_per_token", "token_accuracy", "class_accuracy"):
         print(f"  {k:<20} {prior_metrics[k]:>10.4f}")
-    print(f"  (class_accuracy: {prior_metrics['num_samples']} samples scored by the digits "
-          f"classifier, test accuracy {classifier_metrics['accuracy']:.4f})")
+    print(
+        f"  (class_accuracy: {prior_metrics['num_samples']} samples scored by the digits "
+        f"classifier, test accuracy {classifier_metrics['accuracy']:.4f})"
+    )
     print("\nwritten:")
     for label, path in (
         ("reconstruction grid", metrics.get("reconstruction_grid")),
@@ -123,5 +131,9 @@ def run(output_dir, extra_bindings=()):
     shown = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
     print(f"\nwall time {total / 60:.1f} min ({shown})")
     print(f"view: tensorboard --logdir {output_dir}")
-    return {"quantizer": metrics, "prior": prior_metrics, "classifier": classifier_metrics,
-            "wall_time_s": total}
+    return {
+        "quantizer": metrics,
+        "prior": prior_metrics,
+        "classifier": classifier_metrics,
+        "wall_time_s": total,
+    }

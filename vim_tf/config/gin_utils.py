@@ -21,6 +21,7 @@ COMMAND_FILE = "command.txt"
 # Modules that register gin configurables; imported before any parsing.
 _CONFIGURABLE_MODULES = (
     "vim_tf.data.input_pipeline",
+    "vim_tf.data.tokens",
     "vim_tf.eval.classifier_eval",
     "vim_tf.eval.prior_eval",
     "vim_tf.eval.quantizer_eval",

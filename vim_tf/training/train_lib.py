@@ -2,9 +2,11 @@
 
 import os
 
+import gin
 from absl import logging
 
 from vim_tf.config import gin_utils
+from vim_tf.data import tokens
 from vim_tf.training import distribute, trainer
 from vim_tf.utils import model_dir as model_dir_lib
 
@@ -30,6 +32,9 @@ def run(model_dir, gin_files=(), gin_bindings=(), strategy="default", tpu=None, 
     model_kwargs = {}
     if quantizer_dir:
         _check_same_quantizer(model_dir, quantizer_dir)
+        token_dir = _bound("make_token_dataset.token_dir")
+        if token_dir:
+            tokens.check_token_dir(token_dir, model_dir_lib.read_model_info(quantizer_dir))
         model_kwargs["quantizer_dir"] = os.path.abspath(quantizer_dir)
     return trainer.train(model_dir, strategy=strat, model_kwargs=model_kwargs)
 
@@ -48,3 +53,15 @@ def _check_same_quantizer(model_dir, quantizer_dir):
                 f"{quantizer_dir!r} has {key} {new[key]}: use a matching quantizer or a new "
                 "--model_dir"
             )
+
+
+def _bound(parameter):
+    """The value gin binds to `parameter`, or None when it is not bound."""
+    try:
+        value = gin.query_parameter(parameter)
+    except ValueError:
+        return None
+    # A macro (`%TOKEN_DIR`) comes back as a reference; calling it gives its value.
+    if isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "macro":
+        value = value.scoped_configurable_fn()
+    return value

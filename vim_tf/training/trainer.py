@@ -138,7 +138,8 @@ def train(
 
     def dataset_from_context(ctx):
         ds = dataset_fn(split="train", training=True, input_context=ctx, seed=seed + start)
-        batch_sizes.append(int(ds.element_spec["image"].shape[0]) * ctx.num_replicas_in_sync)
+        first = next(iter(ds.element_spec.values()))  # images or tokens: same batch dim
+        batch_sizes.append(int(first.shape[0]) * ctx.num_replicas_in_sync)
         return ds
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_from_context))
