@@ -53,6 +53,22 @@ class GinConfigTest(TestCase, parameterized.TestCase):
         # Projections 128 -> 32 -> 128, the codebook, its use average.
         self.assertEqual(counts["quantizer"], (128 * 32 + 32) + (32 * 128 + 128) + 512 * 32 + 512)
 
+    def test_prior_parameter_count(self):
+        # Embeddings (8 codes, 3 classes + null, 2x2 grid rows/cols), 4 blocks, final LN, head.
+        gin_utils.parse(["models/vim_tiny.gin"])
+        d, m = 128, 512
+        expected = 8 * d + 4 * d + 2 * d + 2 * d + vit_params(4, d, m) - (d * m + m) + (d * 8 + 8)
+        self.assertEqual(param_counts.vim_counts("vim_tiny", 2, 8, 3), expected)
+
+    def test_paper_prior_sizes_exact(self):
+        for name, size in (("vim_base", (24, 16, 1536, 6144)), ("vim_large", (36, 32, 2048, 8192))):
+            gin.clear_config()
+            gin_utils.parse([f"models/{name}.gin"])
+            got = tuple(gin.query_parameter(f"VIM.{k}")
+                        for k in ("num_layers", "num_heads", "hidden_dim", "mlp_dim"))
+            self.assertEqual(got, size)
+            self.assertAllClose(gin.query_parameter("VIM.dropout"), 0.1)
+
     def test_unknown_parameter_names_file_and_line(self):
         with self.assertRaisesRegex(ValueError, "ViTVQGAN.nonsense"):
             gin_utils.parse(["experiments/digits_vitvqgan.gin"], ["ViTVQGAN.nonsense = 1"])

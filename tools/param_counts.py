@@ -12,6 +12,7 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_list(
     "configs", ["vitvqgan_ss", "vitvqgan_bb", "vitvqgan_sl"], "Model configs under gin/models/."
 )
+flags.DEFINE_list("priors", ["vim_base", "vim_large"], "Prior configs under gin/models/.")
 flags.DEFINE_integer("image_size", 256, "Image size the configs are built at.")
 FLAGS = flags.FLAGS
 
@@ -21,7 +22,9 @@ def main(argv):
     from vim_tf.models import param_counts
 
     print(f"{'config':<14} {'part':<14} {'ours (M)':>10} {'paper (M)':>10}")
-    for name, part, ours, paper in param_counts.table(FLAGS.configs, FLAGS.image_size):
+    rows = param_counts.table(FLAGS.configs, FLAGS.image_size) + param_counts.vim_table(
+        FLAGS.priors)
+    for name, part, ours, paper in rows:
         shown = f"{paper:>10}" if paper is not None else f"{'-':>10}"
         print(f"{name:<14} {part:<14} {ours:>10.1f} {shown}")
 

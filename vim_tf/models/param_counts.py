@@ -8,6 +8,7 @@ from vim_tf.training import trainer
 
 # Millions of parameters per stack (encoder or decoder) in PAPER.md's table.
 PAPER_STACK_PARAMS_M = {"small": 32, "base": 91, "large": 599}
+PAPER_VIM_M = {"vim_base": 650, "vim_large": 1697}
 PAPER_VITVQGAN = {
     "vitvqgan_ss": ("small", "small"),
     "vitvqgan_bb": ("base", "base"),
@@ -51,3 +52,21 @@ def table(names=tuple(PAPER_VITVQGAN), image_size=256):
         rows.append((name, "quantizer", counts["quantizer"] / 1e6, None))
         rows.append((name, "discriminator", counts["discriminator"] / 1e6, None))
     return rows
+
+
+def vim_counts(name, grid_size=32, codebook_size=8192, num_classes=1000):
+    """Builds `gin/models/<name>.gin` for a 256 px / 8 px-patch quantizer (32x32 tokens, 8192
+    codes) and 1000 classes; returns its parameter count."""
+    gin.clear_config()
+    gin_utils.parse([f"models/{name}.gin"], [f"VIM.grid_size = {grid_size}",
+                                              f"VIM.codebook_size = {codebook_size}",
+                                              f"VIM.num_classes = {num_classes}"])
+    model = trainer.create_model()
+    model.build()
+    count = _count(model)
+    gin.clear_config()
+    return count
+
+
+def vim_table(names=tuple(PAPER_VIM_M)):
+    return [(name, "prior", vim_counts(name) / 1e6, PAPER_VIM_M.get(name)) for name in names]
