@@ -46,6 +46,15 @@ class SamplingTest(TestCase):
         freq = np.bincount(a, minlength=3) / a.size
         self.assertAllClose(freq, [0.7, 0.2, 0.1], atol=0.03)
 
+    def test_counter_uniforms_are_uniform_and_independent(self):
+        from scipy import stats
+
+        u = sampling.uniform([200, 500], 11, 4).numpy().ravel()
+        self.assertGreater(stats.kstest(u, "uniform").pvalue, 1e-3)
+        other = sampling.uniform([200, 500], 11, 5).numpy().ravel()
+        self.assertLess(abs(np.corrcoef(u, other)[0, 1]), 0.01)
+        self.assertTrue(((u > 0) & (u < 1)).all())
+
     def test_argument_errors(self):
         with self.assertRaisesRegex(ValueError, "temperature must be > 0, got 0"):
             sampling.check_sampling_args(0, 0, 1.0, 1.0)

@@ -65,6 +65,14 @@ class VIMTest(TestCase, parameterized.TestCase):
         np.testing.assert_array_equal(cached, run(True, 7).numpy())
         self.assertFalse(np.array_equal(cached, run(True, 8).numpy()))
 
+    def test_sampling_compiles_with_xla(self):
+        model = make_prior()
+        cls = tf.constant([0, 2], tf.int32)
+        args = (cls, 3, 0.9, 3, 0.95, 2.0)
+        plain = tf.function(lambda: model.sample_tokens(*args, guided=True))()
+        xla = tf.function(lambda: model.sample_tokens(*args, guided=True), jit_compile=True)()
+        np.testing.assert_array_equal(plain.numpy(), xla.numpy())
+
     def test_sampling_follows_the_model_distribution(self):
         # A prior whose logits ignore the input: every position is drawn from softmax(bias).
         model = make_prior(num_classes=0, codebook_size=4, grid_size=2)

@@ -59,8 +59,35 @@ def guide(cond_logits, uncond_logits, scale):
     return uncond_logits + scale * (cond_logits - uncond_logits)
 
 
+def _fmix32(h):
+    """MurmurHash3's 32-bit finalizer: a bijective avalanche mix of uint32 values."""
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16))
+    h = h * tf.constant(0x85EBCA6B, tf.uint32)
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 13))
+    h = h * tf.constant(0xC2B2AE35, tf.uint32)
+    return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16))
+
+
+def uniform(shape2d, seed, position):
+    """Counter-based uniforms in (0, 1) of shape [B, K], a pure function of (seed, position).
+
+    Integer hashing of (seed, position, row, column) instead of TF's stateless random ops:
+    those give different numbers under XLA when the seed changes inside a while loop, and the
+    same seed must give the same samples with and without XLA.
+    """
+    rows, cols = shape2d[0], shape2d[1]
+    key = _fmix32(_fmix32(tf.cast(seed, tf.uint32) + tf.constant(0x9E3779B9, tf.uint32))
+                  ^ tf.cast(position, tf.uint32))
+    idx = tf.cast(tf.range(rows)[:, None] * cols + tf.range(cols)[None, :], tf.uint32)
+    h = _fmix32(_fmix32(idx ^ key) + key)
+    # The top 24 bits as a float in (0, 1).
+    return (tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) + 0.5) * (1.0 / (1 << 24))
+
+
 def draw(logits, seed, position):
     """One token per row from categorical(logits), a pure function of (seed, position).
+
+    Gumbel-max over counter-based uniforms (see `uniform`): identical with and without XLA.
 
     Args:
       logits: [B, K] float32 processed logits.
@@ -70,5 +97,6 @@ def draw(logits, seed, position):
     Returns:
       int32 [B].
     """
-    s = tf.stack([tf.cast(seed, tf.int32), tf.cast(position, tf.int32)])
-    return tf.cast(tf.random.stateless_categorical(logits, 1, s)[:, 0], tf.int32)
+    u = uniform(tf.shape(logits), seed, position)
+    gumbel = -tf.math.log(-tf.math.log(u))
+    return tf.argmax(tf.cast(logits, tf.float32) + gumbel, axis=-1, output_type=tf.int32)

@@ -1,0 +1,349 @@
+"""Sample-quality scores (FID, Inception-style classifier score, KID, class accuracy) computed
+with TF-GAN's evaluation math over the activations of a named scoring network.
+
+Every score says which network computed it (`ScoringNetwork.name`, reported as `classifier`): a
+score from the project's digits classifier is a digits score, not an Inception score, and is only
+comparable with scores from the same network and the same number of samples.
+
+The math comes from TF-GAN (`tensorflow_gan.python.eval.classifier_metrics`, loaded by
+`vim_tf.eval.tfgan_compat`), in float64:
+
+- FID: |m1 - m2|^2 + Tr(C1 + C2 - 2 (C1 C2)^(1/2)) over feature means and unbiased covariances.
+- Inception (classifier) score: exp(E_x[KL(p(y|x) || p(y))]) over softmax(logits).
+- KID: unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3, TF-GAN's block estimator.
+
+Example:
+
+    network = ScoringNetwork.from_keras(classifier, name=f"digits_classifier:{classifier_dir}")
+    metrics = score_samples(network, fake_images, real_images, class_ids=plan)
+"""
+
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from vim_tf.eval import tfgan_compat
+
+
+def _activations_pair(real_activations, fake_activations):
+    """Both arrays as float64 [N, F] tensors with the same F; errors name the bad shape."""
+    real = np.asarray(real_activations, np.float64)
+    fake = np.asarray(fake_activations, np.float64)
+    for label, a in (("real_activations", real), ("fake_activations", fake)):
+        if a.ndim != 2 or a.shape[0] < 2:
+            raise ValueError(f"{label} must be [N >= 2, F], got shape {a.shape}")
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(
+            f"real and fake activations must have the same width, got {real.shape} and {fake.shape}"
+        )
+    return tf.constant(real), tf.constant(fake)
+
+
+def frechet_distance(real_activations, fake_activations):
+    """Frechet distance between Gaussians fitted to two activation sets (FID when the activations
+    are Inception pool features), computed in float64.
+
+    Args:
+      real_activations: [N, F] features of real images.
+      fake_activations: [M, F] features of generated images.
+
+    Returns:
+      Python float, >= 0 up to round-off.
+    """
+    real, fake = _activations_pair(real_activations, fake_activations)
+    cm = tfgan_compat.classifier_metrics()
+    return float(cm.frechet_classifier_distance_from_activations(real, fake))
+
+
+def inception_score_with_std(logits, num_splits=1):
+    """Inception (classifier) score exp(E_x[KL(p(y|x) || p(y))]), mean and std over splits.
+
+    Args:
+      logits: [N, C] classifier logits (softmax is applied here).
+      num_splits: the samples are cut into this many near-equal consecutive splits, each scored
+        on its own (the usual protocol is 10 splits of 5,000); 1 scores all samples together.
+
+    Returns:
+      (mean, std) Python floats over the splits; std (population, as in the original protocol)
+      is 0.0 for one split. The score ranges from 1 (every p(y|x) equal) to C.
+    """
+    logits = np.asarray(logits, np.float64)
+    if logits.ndim != 2 or logits.shape[0] < 1 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be [N >= 1, C >= 2], got shape {logits.shape}")
+    num_splits = int(num_splits)
+    if not 1 <= num_splits <= logits.shape[0]:
+        raise ValueError(
+            f"num_splits must be in [1, {logits.shape[0]}] (the number of samples), "
+            f"got {num_splits}"
+        )
+    cm = tfgan_compat.classifier_metrics()
+    scores = [
+        float(cm.classifier_score_from_logits(tf.constant(split)))
+        for split in np.array_split(logits, num_splits)
+    ]
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def inception_score(logits, num_splits=1):
+    """Mean Inception (classifier) score over `num_splits` splits of `logits` [N, C]; see
+    `inception_score_with_std`. Returns a Python float in [1, C]."""
+    return inception_score_with_std(logits, num_splits)[0]
+
+
+def kernel_distance(real_activations, fake_activations, max_block_size=1024):
+    """Kernel (Inception) distance: TF-GAN's unbiased block estimate of MMD^2 with the cubic
+    polynomial kernel k(x, y) = (x.y / F + 1)^3, in float64.
+
+    Args:
+      real_activations: [N, F] features of real images.
+      fake_activations: [M, F] features of generated images.
+      max_block_size: the samples are split into ceil(max(N, M) / max_block_size) blocks of
+        near-equal size (real block i against fake block i); with one block the estimate is the
+        exact unbiased MMD^2 over all samples. Blocks assume both sets are in random order.
+
+    Returns:
+      (kid, std): Python floats; std estimates the standard error from the spread over blocks and
+      is NaN when there is only one block.
+    """
+    if int(max_block_size) < 2:
+        raise ValueError(f"max_block_size must be >= 2, got {max_block_size}")
+    real, fake = _activations_pair(real_activations, fake_activations)
+    cm = tfgan_compat.classifier_metrics()
+    if hasattr(cm, "kernel_classifier_distance_and_std_from_activations"):
+        kid, std = cm.kernel_classifier_distance_and_std_from_activations(
+            real, fake, max_block_size=int(max_block_size), dtype=tf.float64
+        )
+        return float(kid), float(std)
+    kid = cm.kernel_classifier_distance_from_activations(
+        real, fake, max_block_size=int(max_block_size), dtype=tf.float64
+    )
+    return float(kid), float("nan")
+
+
+def class_accuracy(logits, class_ids):
+    """Fraction of samples whose argmax logit is their class.
+
+    Args:
+      logits: [N, C] classifier logits.
+      class_ids: [N] int classes in [0, C) (the class each sample was generated for).
+
+    Returns:
+      Python float in [0, 1].
+    """
+    logits = np.asarray(logits)
+    class_ids = np.asarray(class_ids)
+    if logits.ndim != 2 or class_ids.shape != logits.shape[:1]:
+        raise ValueError(
+            f"need logits [N, C] and class_ids [N], got {logits.shape} and {class_ids.shape}"
+        )
+    if not np.issubdtype(class_ids.dtype, np.integer):
+        raise ValueError(f"class_ids must be integers, got dtype {class_ids.dtype}")
+    bad = class_ids[(class_ids < 0) | (class_ids >= logits.shape[1])]
+    if bad.size:
+        raise ValueError(f"class_ids must be in [0, {logits.shape[1]}), got {bad[:5].tolist()}")
+    return float(np.mean(np.argmax(logits, axis=-1) == class_ids))
+
+
+class ScoringNetwork:
+    """A named network that maps images to the features and logits the scores are computed on.
+
+    Args:
+      fn: callable `images: [B, H, W, 3] float32 tf.Tensor in [0, 1] -> {"features": [B, F],
+        "logits": [B, C]}` (features with extra dims, e.g. [B, 1, 1, F], are flattened).
+      name: which network this is, reported with every score, e.g. "digits_classifier:<path>".
+      image_size: (height, width) the network expects, or None; images of another size are
+        resized to it (bilinear) before `fn`.
+      input_dtype: dtype `fn` takes.
+
+    Example:
+
+        network = ScoringNetwork.from_saved_model("/models/scorer", name="my_inception:/models")
+        features, logits = network.activations(images)  # [N, F], [N, C] float64
+    """
+
+    def __init__(self, fn, name, image_size=None, input_dtype=tf.float32):
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        if not name or not isinstance(name, str):
+            raise ValueError(f"name must be a non-empty string naming the network, got {name!r}")
+        if image_size is not None:
+            if isinstance(image_size, int):
+                image_size = (image_size, image_size)
+            image_size = tuple(int(s) for s in image_size)
+            if len(image_size) != 2 or min(image_size) < 1:
+                raise ValueError(f"image_size must be (height, width) > 0, got {image_size}")
+        self.fn = fn
+        self.name = name
+        self.image_size = image_size
+        self.input_dtype = tf.as_dtype(input_dtype)
+
+    def __repr__(self):
+        return f"ScoringNetwork(name={self.name!r}, image_size={self.image_size})"
+
+    @classmethod
+    def from_keras(cls, model, name, image_size=None):
+        """Wraps a Keras model with `features(images) -> [B, F]` and `model(images) -> logits
+        [B, C]` (as `vim_tf.models.classifier.ImageClassifier`), both run with training off.
+
+        Args:
+          model: the Keras model.
+          name: e.g. f"digits_classifier:{classifier_dir}".
+          image_size: int or (height, width); defaults to `model.image_size` if the model has one.
+        """
+        if not callable(getattr(model, "features", None)):
+            raise TypeError(
+                f"{type(model).__name__} has no features(images) method; from_keras needs a "
+                "model with features(images) -> [B, F] and __call__(images) -> logits [B, C]"
+            )
+        if image_size is None:
+            image_size = getattr(model, "image_size", None)
+
+        @tf.function(reduce_retracing=True)
+        def fn(images):
+            return {"features": model.features(images), "logits": model(images, training=False)}
+
+        return cls(fn, name, image_size=image_size, input_dtype=model.compute_dtype)
+
+    @classmethod
+    def from_saved_model(cls, path, name=None, signature=None):
+        """Loads a SavedModel / TF Hub module directory with `tf.saved_model.load`.
+
+        Contract: the signature named `signature`, else "scores", else "serving_default" (else the
+        loaded object itself, if callable) takes one input, images [B, H, W, 3] float in [0, 1],
+        and returns a dict with "features" [B, F] and "logits" [B, C]. If the input spec has a
+        static height and width, images are resized to it (bilinear).
+
+        Args:
+          path: the SavedModel directory.
+          name: reported with the scores; defaults to "saved_model:<absolute path>".
+          signature: a signature name, to pick one explicitly.
+        """
+        loaded = tf.saved_model.load(path)
+        signatures = dict(getattr(loaded, "signatures", {}) or {})
+        wanted = [signature] if signature else ["scores", "serving_default"]
+        chosen = next((s for s in wanted if s in signatures), None)
+        if signature and chosen is None:
+            raise ValueError(
+                f"{path!r} has no signature {signature!r}; it has {sorted(signatures)}"
+            )
+        name = name or f"saved_model:{os.path.abspath(path)}"
+        if chosen is None:
+            if not callable(loaded):
+                raise ValueError(
+                    f"{path!r} has neither a 'scores' nor a 'serving_default' signature (it has "
+                    f"{sorted(signatures)}) and the loaded object is not callable"
+                )
+            return cls(_checked_outputs(loaded, path), name)
+        concrete = signatures[chosen]
+        _, kwargs = concrete.structured_input_signature
+        if len(kwargs) != 1:
+            raise ValueError(
+                f"signature {chosen!r} of {path!r} must take one images input, got {sorted(kwargs)}"
+            )
+        (input_name, spec), *_ = kwargs.items()
+        hw = tuple(spec.shape[1:3]) if spec.shape.rank == 4 else (None, None)
+        image_size = hw if None not in hw else None
+        fn = _checked_outputs(lambda images: concrete(**{input_name: images}), f"{path}:{chosen}")
+        network = cls(fn, name, image_size=image_size, input_dtype=spec.dtype)
+        network._loaded = loaded  # keeps the restored variables alive
+        return network
+
+    def activations(self, images, batch_size=250):
+        """Features and logits of every image, computed in batches.
+
+        Args:
+          images: [N, H, W, 3] float array in [0, 1] (uint8 in [0, 255] is scaled by 1/255).
+          batch_size: images per forward pass.
+
+        Returns:
+          (features [N, F] np.float64, logits [N, C] np.float64).
+        """
+        images = np.asarray(images)
+        if images.dtype == np.uint8:
+            images = images.astype(np.float32) / 255.0
+        if not np.issubdtype(images.dtype, np.floating):
+            raise ValueError(f"images must be float in [0, 1] or uint8, got dtype {images.dtype}")
+        if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] < 1:
+            raise ValueError(f"images must be [N >= 1, H, W, 3], got shape {images.shape}")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        features, logits = [], []
+        for start in range(0, len(images), int(batch_size)):
+            x = tf.constant(images[start : start + int(batch_size)], tf.float32)
+            if self.image_size is not None and tuple(x.shape[1:3]) != self.image_size:
+                x = tf.image.resize(x, self.image_size, method="bilinear")
+            out = self.fn(tf.cast(x, self.input_dtype))
+            f = np.asarray(out["features"], np.float64)
+            features.append(f.reshape(f.shape[0], -1))
+            logits.append(np.asarray(out["logits"], np.float64))
+        features, logits = np.concatenate(features), np.concatenate(logits)
+        if logits.ndim != 2 or len(features) != len(images) or len(logits) != len(images):
+            raise ValueError(
+                f"{self.name} returned features {features.shape} and logits {logits.shape} "
+                f"for {len(images)} images; expected [N, F] and [N, C]"
+            )
+        return features, logits
+
+
+def _checked_outputs(fn, where):
+    """`fn` with a check that its output is a dict with "features" and "logits"."""
+
+    def checked(images):
+        out = fn(images)
+        if not isinstance(out, dict) or not {"features", "logits"} <= set(out):
+            got = sorted(out) if isinstance(out, dict) else type(out).__name__
+            raise ValueError(f"{where} must return a dict with 'features' and 'logits', got {got}")
+        return out
+
+    return checked
+
+
+def score_samples(
+    network,
+    fake_images,
+    real_images=None,
+    class_ids=None,
+    batch_size=250,
+    num_splits=1,
+    kid_block_size=1024,
+):
+    """Scores generated images with `network`.
+
+    Args:
+      network: a `ScoringNetwork`.
+      fake_images: [N, H, W, 3] generated images in [0, 1].
+      real_images: [M, H, W, 3] real images in [0, 1], or None (then no FID / KID).
+      class_ids: [N] class each generated image was conditioned on, or None (no class accuracy).
+      batch_size: images per forward pass of the network.
+      num_splits: splits for the Inception score (mean over splits is reported).
+      kid_block_size: `max_block_size` of the KID estimator.
+
+    Returns:
+      dict: "inception_score" (the classifier score of `network`, see "classifier"),
+      "num_samples" (N), "classifier" (network.name); with real images also "fid", "kid" and
+      "kid_std" (None when KID used a single block, where it is undefined) and
+      "num_real_samples" (M); with class_ids also "class_accuracy".
+    """
+    fake_features, fake_logits = network.activations(fake_images, batch_size)
+    metrics = {
+        "classifier": network.name,
+        "num_samples": int(len(fake_logits)),
+        "inception_score": inception_score(fake_logits, num_splits),
+    }
+    if real_images is not None:
+        real_features, _ = network.activations(real_images, batch_size)
+        kid, kid_std = kernel_distance(real_features, fake_features, kid_block_size)
+        metrics.update(
+            fid=frechet_distance(real_features, fake_features),
+            kid=kid,
+            kid_std=kid_std if math.isfinite(kid_std) else None,
+            num_real_samples=int(len(real_features)),
+        )
+    if class_ids is not None:
+        metrics["class_accuracy"] = class_accuracy(fake_logits, class_ids)
+    return metrics
