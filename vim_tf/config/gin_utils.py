@@ -23,6 +23,7 @@ _CONFIGURABLE_MODULES = (
     "vim_tf.data.input_pipeline",
     "vim_tf.data.tokens",
     "vim_tf.eval.classifier_eval",
+    "vim_tf.eval.linear_probe",
     "vim_tf.eval.prior_eval",
     "vim_tf.eval.quantizer_eval",
     "vim_tf.losses.adversarial",
