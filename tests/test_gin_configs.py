@@ -64,8 +64,10 @@ class GinConfigTest(TestCase, parameterized.TestCase):
         for name, size in (("vim_base", (24, 16, 1536, 6144)), ("vim_large", (36, 32, 2048, 8192))):
             gin.clear_config()
             gin_utils.parse([f"models/{name}.gin"])
-            got = tuple(gin.query_parameter(f"VIM.{k}")
-                        for k in ("num_layers", "num_heads", "hidden_dim", "mlp_dim"))
+            got = tuple(
+                gin.query_parameter(f"VIM.{k}")
+                for k in ("num_layers", "num_heads", "hidden_dim", "mlp_dim")
+            )
             self.assertEqual(got, size)
             self.assertAllClose(gin.query_parameter("VIM.dropout"), 0.1)
 

@@ -146,6 +146,55 @@ class Stage2PipelineTest(TestCase):
         with self.assertRaisesRegex(ValueError, "unconditional"):
             generate.class_plan(10, 0, ["1"])
 
+    def test_scores_with_a_classifier(self):
+        c_dir = os.path.join(self.get_temp_dir(), "scorer")
+        gin.clear_config()
+        train_lib.run(
+            c_dir,
+            ["gin/experiments/digits_classifier.gin"],
+            with_data_dir(TINY_CLASSIFIER, self.data_dir),
+        )
+        p_dir = os.path.join(self.get_temp_dir(), "prior_scored")
+        self._prior(p_dir, "TRAIN_STEPS = 2")
+        gin.clear_config()
+        m = evaluator.evaluate(
+            p_dir,
+            os.path.join(self.get_temp_dir(), "p.json"),
+            c_dir,
+            num_samples=20,
+            acceptance_rate=0.5,
+            floor_split="train",
+        )
+        for key in (
+            "fid",
+            "inception_score",
+            "kid",
+            "class_accuracy",
+            "fid_floor",
+            "nll_bits_per_token",
+        ):
+            self.assertIn(key, m)
+        self.assertEqual(m["num_samples"], 20)
+        self.assertAllClose(m["acceptance_rate"], 0.5)
+        self.assertIn("vim_tf_classifier:", m["classifier"])
+        gin.clear_config()
+        q = evaluator.evaluate(self.q_dir, os.path.join(self.get_temp_dir(), "q.json"), c_dir)
+        self.assertGreaterEqual(q["rfid"], 0.0)
+        # Rejection sampling through the sampling tool.
+        gin.clear_config()
+        out = generate.generate(
+            p_dir,
+            os.path.join(self.get_temp_dir(), "rs"),
+            10,
+            seed=1,
+            acceptance_rate=0.5,
+            classifier=c_dir,
+        )
+        self.assertLen(out["images"], 10)
+        self.assertAllClose(out["acceptance_rate"], 0.5)
+        with self.assertRaisesRegex(ValueError, "needs --classifier"):
+            generate.generate(p_dir, self.get_temp_dir(), 10, acceptance_rate=0.5)
+
     def test_classifier_trains_and_scores(self):
         c_dir = os.path.join(self.get_temp_dir(), "classifier")
         gin.clear_config()

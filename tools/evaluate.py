@@ -11,8 +11,19 @@ from absl import app, flags  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "A trained model dir (holds config.gin and ckpt-*).")
 flags.DEFINE_string("output", None, "Where the metrics JSON goes.")
-flags.DEFINE_string("classifier", None, "A classifier model dir (scores a prior's samples).")
-flags.DEFINE_integer("num_samples", 100, "Samples per class for class_accuracy.")
+flags.DEFINE_string(
+    "classifier",
+    None,
+    "Scoring network: a vim_tf classifier model dir or a "
+    "SavedModel / TF Hub dir mapping images to {features, logits}.",
+)
+flags.DEFINE_integer("num_samples", 1000, "Prior samples scored (every class evenly).")
+flags.DEFINE_float("acceptance_rate", 1.0, "Classifier rejection sampling rate in (0, 1].")
+flags.DEFINE_string(
+    "fid_floor_split",
+    None,
+    "Also score this real split against the test split (the FID floor), e.g. 'train'.",
+)
 flags.mark_flags_as_required(["model_dir", "output"])
 FLAGS = flags.FLAGS
 
@@ -21,7 +32,14 @@ def main(argv):
     del argv
     from vim_tf.eval import evaluator
 
-    evaluator.evaluate(FLAGS.model_dir, FLAGS.output, FLAGS.classifier, FLAGS.num_samples)
+    evaluator.evaluate(
+        FLAGS.model_dir,
+        FLAGS.output,
+        FLAGS.classifier,
+        FLAGS.num_samples,
+        FLAGS.acceptance_rate,
+        FLAGS.fid_floor_split,
+    )
 
 
 if __name__ == "__main__":

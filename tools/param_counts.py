@@ -23,7 +23,8 @@ def main(argv):
 
     print(f"{'config':<14} {'part':<14} {'ours (M)':>10} {'paper (M)':>10}")
     rows = param_counts.table(FLAGS.configs, FLAGS.image_size) + param_counts.vim_table(
-        FLAGS.priors)
+        FLAGS.priors
+    )
     for name, part, ours, paper in rows:
         shown = f"{paper:>10}" if paper is not None else f"{'-':>10}"
         print(f"{name:<14} {part:<14} {ours:>10.1f} {shown}")

@@ -2,7 +2,7 @@
 
   python tools/sample.py --model_dir=runs/demo/prior --output_dir=runs/demo/samples \
       --num_samples=100 [--class_ids=0,1] [--temperature=1.0] [--top_k=0] [--top_p=1.0] \
-      [--cfg_scale=1.0] [--seed=0]
+      [--cfg_scale=1.0] [--seed=0] [--acceptance_rate=0.5 --classifier=runs/demo/classifier]
 """
 
 import os
@@ -21,6 +21,16 @@ flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass in (0, 1] (1: off).")
 flags.DEFINE_float("cfg_scale", 1.0, "Classifier-free guidance scale (1: off).")
 flags.DEFINE_integer("seed", 0, "Random seed: the same seed gives the same samples.")
 flags.DEFINE_integer("batch_size", 100, "Samples per batch.")
+flags.DEFINE_float(
+    "acceptance_rate",
+    1.0,
+    "Classifier rejection sampling: keep this fraction of the candidates per class (1: off).",
+)
+flags.DEFINE_string(
+    "classifier",
+    None,
+    "Scoring network for rejection sampling (classifier model dir or SavedModel dir).",
+)
 flags.mark_flags_as_required(["model_dir", "output_dir"])
 FLAGS = flags.FLAGS
 

@@ -2,7 +2,6 @@
 
 import os
 
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -29,20 +28,20 @@ def load_trained_model(model_dir):
     return model, info, path
 
 
-def _sample_class_accuracy(prior, classifier_dir, num_samples):
-    """Samples `num_samples` per class and scores them with the classifier in `classifier_dir`."""
-    from vim_tf.eval import generate
+def load_scoring_network(path):
+    """The network that scores images: a vim_tf classifier model dir, or a SavedModel / TF Hub
+    module dir whose signature maps images to {"features", "logits"}."""
+    from vim_tf.eval.scores import ScoringNetwork
 
-    classifier = load_classifier(classifier_dir)
-    plan = np.repeat(np.arange(prior.num_classes, dtype=np.int32), num_samples)
-    _, images = generate.Sampler(prior).sample(plan, seed=0, batch_size=500)
-    acc, per_class = classifier_eval.class_accuracy(classifier, images, plan)
-    return {
-        "class_accuracy": acc,
-        "class_accuracy_per_class": per_class,
-        "num_samples": int(len(plan)),
-        "classifier": os.path.abspath(classifier_dir),
-    }
+    if os.path.exists(os.path.join(path, model_dir_lib.MODEL_INFO_FILE)):
+        model = load_classifier(path)
+        return ScoringNetwork.from_keras(model, name=f"vim_tf_classifier:{os.path.abspath(path)}")
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+        raise ValueError(
+            f"--classifier={path!r} is neither a vim_tf classifier model dir nor a "
+            "SavedModel / TF Hub module dir (no saved_model.pb)"
+        )
+    return ScoringNetwork.from_saved_model(path)
 
 
 def load_classifier(classifier_dir):
@@ -56,17 +55,23 @@ def load_classifier(classifier_dir):
     return model
 
 
-def evaluate(model_dir, output, classifier=None, num_samples=100):
+def evaluate(
+    model_dir, output, classifier=None, num_samples=1000, acceptance_rate=1.0, floor_split=None
+):
     """Scores the model in `model_dir` and writes one JSON object to `output`.
 
     Args:
-      classifier: a classifier model dir; for a class-conditional prior, `num_samples` samples
-        per class are drawn and `class_accuracy` is the fraction it assigns to their class.
+      classifier: the scoring network (see `load_scoring_network`): adds `rfid` for a quantizer;
+        for a prior, `num_samples` samples (every class evenly) get `fid`, `inception_score`
+        (the network's classifier score), `kid` and `class_accuracy`.
+      acceptance_rate: classifier rejection sampling for the prior's samples (1 = off).
+      floor_split: also report `fid_floor`, the FID of this real split against the test split.
     """
     model, info, path = load_trained_model(model_dir)
     kind = info.get("kind")
+    network = load_scoring_network(classifier) if classifier else None
     if kind == "quantizer":
-        metrics = quantizer_eval.evaluate_quantizer(model)
+        metrics = quantizer_eval.evaluate_quantizer(model, network=network)
         inputs, recs = metrics.pop("examples")
         grid_path = os.path.join(
             os.path.dirname(os.path.abspath(output)), "eval_reconstructions.png"
@@ -77,8 +82,12 @@ def evaluate(model_dir, output, classifier=None, num_samples=100):
     elif kind == "prior":
         metrics = prior_eval.evaluate_prior(model)
         metrics["quantizer_dir"] = info.get("quantizer_dir")
-        if classifier and model.num_classes:
-            metrics.update(_sample_class_accuracy(model, classifier, num_samples))
+        if network is not None:
+            metrics.update(
+                prior_eval.score_prior_samples(
+                    model, network, num_samples, acceptance_rate, floor_split=floor_split
+                )
+            )
     elif kind == "classifier":
         metrics = classifier_eval.evaluate_classifier(model)
     else:

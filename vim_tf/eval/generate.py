@@ -107,8 +107,15 @@ def generate(
     cfg_scale=1.0,
     seed=0,
     batch_size=100,
+    acceptance_rate=1.0,
+    classifier=None,
 ):
-    """Samples from the prior in `model_dir`; writes samples.npz and grid.png to output_dir."""
+    """Samples from the prior in `model_dir`; writes samples.npz and grid.png to output_dir.
+
+    With `acceptance_rate` < 1, classifier rejection sampling with the scoring network at
+    `classifier` keeps the best fraction per class (the achieved rate is logged and returned
+    as `acceptance_rate` in the arrays dict, not saved in the npz).
+    """
     model, info, _ = evaluator.load_trained_model(model_dir)
     if info.get("kind") != "prior":
         raise ValueError(
@@ -117,9 +124,26 @@ def generate(
         )
     plan = class_plan(num_samples, model.num_classes, class_ids)
     ids = plan if plan is not None else np.zeros([num_samples], np.int32)
-    tokens, images = Sampler(model).sample(
-        ids, seed, temperature, top_k, top_p, cfg_scale, batch_size
-    )
+    settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
+    sampling.check_sampling_args(**settings)
+    if acceptance_rate < 1.0:
+        if not classifier:
+            raise ValueError(
+                "--acceptance_rate < 1 needs --classifier (the network that ranks the candidates)"
+            )
+        if plan is None:
+            raise ValueError(
+                "rejection sampling ranks samples by their class: the prior is unconditional"
+            )
+        from vim_tf.eval import rejection
+
+        network = evaluator.load_scoring_network(classifier)
+        tokens, images, achieved = rejection.rejection_sample(
+            Sampler(model), network, ids, acceptance_rate, seed, batch_size, **settings
+        )
+    else:
+        tokens, images = Sampler(model).sample(ids, seed, batch_size=batch_size, **settings)
+        achieved = 1.0
     os.makedirs(output_dir, exist_ok=True)
     images_u8 = image_utils.to_uint8(images)
     arrays = {"images": images_u8, "tokens": tokens.astype(np.int32)}
@@ -132,5 +156,5 @@ def generate(
     rows = len(np.unique(plan)) if plan is not None else None
     grid = image_utils.make_grid(images_u8, rows=rows)
     grid_path = image_utils.save_png(os.path.join(output_dir, "grid.png"), grid, scale=2)
-    logging.info("wrote %s and %s", npz, grid_path)
-    return arrays
+    logging.info("wrote %s and %s (acceptance rate %.3f)", npz, grid_path, achieved)
+    return dict(arrays, acceptance_rate=achieved)

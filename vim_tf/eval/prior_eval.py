@@ -3,6 +3,7 @@
 import math
 
 import gin
+import numpy as np
 import tensorflow as tf
 
 from vim_tf.data import input_pipeline
@@ -44,3 +45,58 @@ def evaluate_prior(model, dataset_fn=input_pipeline.make_dataset, split="test", 
         "num_images": images,
         "split": split,
     }
+
+
+def real_activations(network, split, dataset_fn=input_pipeline.make_dataset):
+    """Scoring-network features of every image of `split`, streamed batch by batch."""
+    feats = [
+        network.activations(b["image"].numpy())[0]
+        for b in dataset_fn(split=split, training=False, cache=False)
+    ]
+    return np.concatenate(feats)
+
+
+@gin.configurable(denylist=["model", "network", "num_samples", "acceptance_rate", "seed"])
+def score_prior_samples(
+    model,
+    network,
+    num_samples,
+    acceptance_rate=1.0,
+    seed=0,
+    real_split="test",
+    floor_split=None,
+    sampling_kwargs=None,
+):
+    """FID / classifier score / KID of `num_samples` samples against the real `real_split`.
+
+    Class-conditional priors sample every class evenly and also get `class_accuracy`; with
+    `acceptance_rate` < 1 the samples come from classifier rejection sampling. With
+    `floor_split`, `fid_floor` is the FID between the real `floor_split` and `real_split` images
+    (the best a generator can expect at this sample size and network).
+    """
+    from vim_tf.eval import generate, rejection, scores
+
+    plan = generate.class_plan(num_samples, model.num_classes)
+    ids = plan if plan is not None else np.zeros([num_samples], np.int32)
+    _, images, achieved = rejection.rejection_sample(
+        generate.Sampler(model), network, ids, acceptance_rate, seed=seed, **(sampling_kwargs or {})
+    )
+    fake_features, fake_logits = network.activations(images)
+    real = real_activations(network, real_split)
+    kid, kid_std = scores.kernel_distance(real, fake_features)
+    out = {
+        "fid": scores.frechet_distance(real, fake_features),
+        "inception_score": scores.inception_score(fake_logits),
+        "kid": kid,
+        "acceptance_rate": achieved,
+        "num_samples": int(len(images)),
+        "num_real": int(len(real)),
+        "real_split": real_split,
+        "classifier": network.name,
+    }
+    if plan is not None:
+        out["class_accuracy"] = scores.class_accuracy(fake_logits, plan)
+    if floor_split:
+        out["fid_floor"] = scores.frechet_distance(real_activations(network, floor_split), real)
+        out["fid_floor_splits"] = f"{floor_split} vs {real_split}"
+    return out

@@ -11,7 +11,7 @@ from vim_tf.utils import images as image_utils
 
 @gin.configurable(denylist=["model"])
 def evaluate_quantizer(
-    model, dataset_fn=input_pipeline.make_dataset, split="test", batch_size=None
+    model, dataset_fn=input_pipeline.make_dataset, split="test", batch_size=None, network=None
 ):
     """Encodes and decodes every image of `split` once.
 
@@ -20,6 +20,9 @@ def evaluate_quantizer(
       error, pixels in [0, 1]), `codebook_usage` (fraction of the codebook used over the whole
       split), `perplexity` (exp entropy of the split's code histogram), `num_images`, `split`,
       `codebook_size`, and `examples`: up to 16 (input, reconstruction) pairs for a grid.
+      With a scoring `network` (`vim_tf.eval.scores.ScoringNetwork`) also `rfid`: the Frechet
+      distance between its features of the originals and of their reconstructions, and
+      `classifier` (the network's name).
     """
     kwargs = {"batch_size": batch_size} if batch_size else {}
     ds = dataset_fn(split=split, training=False, **kwargs)
@@ -47,12 +50,16 @@ def evaluate_quantizer(
     counts = np.zeros([model.codebook_size], np.float64)
     n = 0
     inputs, recs = [], []
+    real_features, fake_features = [], []
     for batch in ds:
         out = run(batch["image"])
         for k in sums:
             sums[k] += float(tf.reduce_sum(tf.cast(out[k], tf.float64)))
         counts += out["counts"].numpy()
         n += int(batch["image"].shape[0])
+        if network is not None:
+            real_features.append(network.activations(batch["image"].numpy())[0])
+            fake_features.append(network.activations(out["reconstruction"].numpy())[0])
         if len(inputs) < 16:
             inputs.extend(batch["image"].numpy()[: 16 - len(inputs)])
             recs.extend(out["reconstruction"].numpy()[: 16 - len(recs)])
@@ -67,5 +74,12 @@ def evaluate_quantizer(
         split=split,
         codebook_size=int(model.codebook_size),
     )
+    if network is not None:
+        from vim_tf.eval import scores
+
+        metrics["rfid"] = scores.frechet_distance(
+            np.concatenate(real_features), np.concatenate(fake_features)
+        )
+        metrics["classifier"] = network.name
     metrics["examples"] = (np.stack(inputs), np.stack(recs))
     return metrics

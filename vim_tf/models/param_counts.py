@@ -58,9 +58,14 @@ def vim_counts(name, grid_size=32, codebook_size=8192, num_classes=1000):
     """Builds `gin/models/<name>.gin` for a 256 px / 8 px-patch quantizer (32x32 tokens, 8192
     codes) and 1000 classes; returns its parameter count."""
     gin.clear_config()
-    gin_utils.parse([f"models/{name}.gin"], [f"VIM.grid_size = {grid_size}",
-                                              f"VIM.codebook_size = {codebook_size}",
-                                              f"VIM.num_classes = {num_classes}"])
+    gin_utils.parse(
+        [f"models/{name}.gin"],
+        [
+            f"VIM.grid_size = {grid_size}",
+            f"VIM.codebook_size = {codebook_size}",
+            f"VIM.num_classes = {num_classes}",
+        ],
+    )
     model = trainer.create_model()
     model.build()
     count = _count(model)

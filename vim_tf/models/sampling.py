@@ -76,8 +76,10 @@ def uniform(shape2d, seed, position):
     same seed must give the same samples with and without XLA.
     """
     rows, cols = shape2d[0], shape2d[1]
-    key = _fmix32(_fmix32(tf.cast(seed, tf.uint32) + tf.constant(0x9E3779B9, tf.uint32))
-                  ^ tf.cast(position, tf.uint32))
+    key = _fmix32(
+        _fmix32(tf.cast(seed, tf.uint32) + tf.constant(0x9E3779B9, tf.uint32))
+        ^ tf.cast(position, tf.uint32)
+    )
     idx = tf.cast(tf.range(rows)[:, None] * cols + tf.range(cols)[None, :], tf.uint32)
     h = _fmix32(_fmix32(idx ^ key) + key)
     # The top 24 bits as a float in (0, 1).
