@@ -111,6 +111,24 @@ class TrainerTest(TestCase):
         )
         self.assertTrue(os.path.exists(saved["reconstruction_grid"]))
 
+    def test_watch_scores_every_checkpoint_until_the_last(self):
+        from vim_tf.eval import watcher
+
+        model_dir = os.path.join(self.get_temp_dir(), "watched")
+        self._train(model_dir)
+        gin.clear_config()
+        out_dir = os.path.join(self.get_temp_dir(), "watch_out")
+        history = watcher.watch(model_dir, out_dir, poll_seconds=0.1, timeout_seconds=30)
+        self.assertEqual([m["step"] for m in history], [3, 6])
+        saved = json.load(open(os.path.join(model_dir, watcher.HISTORY_JSON)))
+        self.assertEqual([m["step"] for m in saved], [3, 6])
+        self.assertAllClose(
+            saved[1]["psnr"], json.load(open(os.path.join(out_dir, "eval-6.json")))["psnr"]
+        )
+        rows = open(os.path.join(model_dir, watcher.HISTORY_CSV)).read().splitlines()
+        self.assertLen(rows, 3)
+        self.assertNotEmpty(glob.glob(os.path.join(out_dir, "eval", "events.out.tfevents.*")))
+
     def test_unknown_gin_parameter_is_named(self):
         with self.assertRaisesRegex(ValueError, "codebok_size"):
             self._train(os.path.join(self.get_temp_dir(), "x"), "ViTVQGAN.codebok_size = 3")

@@ -24,6 +24,14 @@ flags.DEFINE_string(
     None,
     "Also score this real split against the test split (the FID floor), e.g. 'train'.",
 )
+flags.DEFINE_bool(
+    "watch",
+    False,
+    "Follow a training model dir: score each new checkpoint "
+    "(eval-<step>.json beside --output, TensorBoard, eval_history.csv/json in the "
+    "model dir) until the final one.",
+)
+flags.DEFINE_integer("poll_seconds", 30, "With --watch: seconds between looks for checkpoints.")
 flags.mark_flags_as_required(["model_dir", "output"])
 FLAGS = flags.FLAGS
 
@@ -32,6 +40,18 @@ def main(argv):
     del argv
     from vim_tf.eval import evaluator
 
+    if FLAGS.watch:
+        from vim_tf.eval import watcher
+
+        watcher.watch(
+            FLAGS.model_dir,
+            os.path.dirname(os.path.abspath(FLAGS.output)),
+            FLAGS.poll_seconds,
+            classifier=FLAGS.classifier,
+            num_samples=FLAGS.num_samples,
+            acceptance_rate=FLAGS.acceptance_rate,
+        )
+        return
     evaluator.evaluate(
         FLAGS.model_dir,
         FLAGS.output,

@@ -12,7 +12,7 @@ from vim_tf.utils import images as image_utils
 from vim_tf.utils import model_dir as model_dir_lib
 
 
-def load_trained_model(model_dir):
+def load_trained_model(model_dir, checkpoint=None):
     """Re-parses the model dir's config, builds the model and restores its newest checkpoint.
 
     Returns:
@@ -23,7 +23,7 @@ def load_trained_model(model_dir):
     kwargs = {"quantizer_dir": info["quantizer_dir"]} if info.get("quantizer_dir") else {}
     model = trainer.create_model(**kwargs)
     model.build_all()
-    path = model_dir_lib.restore_latest(model, model_dir)
+    path = model_dir_lib.restore_latest(model, model_dir, checkpoint)
     logging.info("restored %s (%s)", path, info.get("kind"))
     return model, info, path
 
@@ -56,7 +56,13 @@ def load_classifier(classifier_dir):
 
 
 def evaluate(
-    model_dir, output, classifier=None, num_samples=1000, acceptance_rate=1.0, floor_split=None
+    model_dir,
+    output,
+    classifier=None,
+    num_samples=1000,
+    acceptance_rate=1.0,
+    floor_split=None,
+    checkpoint=None,
 ):
     """Scores the model in `model_dir` and writes one JSON object to `output`.
 
@@ -66,8 +72,9 @@ def evaluate(
         (the network's classifier score), `kid` and `class_accuracy`.
       acceptance_rate: classifier rejection sampling for the prior's samples (1 = off).
       floor_split: also report `fid_floor`, the FID of this real split against the test split.
+      checkpoint: a specific checkpoint path (default: the newest).
     """
-    model, info, path = load_trained_model(model_dir)
+    model, info, path = load_trained_model(model_dir, checkpoint)
     kind = info.get("kind")
     network = load_scoring_network(classifier) if classifier else None
     if kind == "quantizer":

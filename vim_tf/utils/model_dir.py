@@ -46,13 +46,14 @@ def read_model_config(model_dir):
         return json.load(f)
 
 
-def restore_latest(model, model_dir):
-    """Restores the newest checkpoint of `model_dir` into a built model; returns its path.
+def restore_latest(model, model_dir, checkpoint=None):
+    """Restores the newest checkpoint of `model_dir` (or `checkpoint`) into a built model;
+    returns its path.
 
     Only the model's own variables are required; optimizer state and training-only parts (the
     discriminator of a quantizer loaded for inference) may be absent from `model`.
     """
-    latest = tf.train.latest_checkpoint(model_dir)
+    latest = checkpoint or tf.train.latest_checkpoint(model_dir)
     if latest is None:
         raise ValueError(
             f"no checkpoint in {model_dir!r}: train the model first (tools/train.py "
