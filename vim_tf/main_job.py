@@ -1,7 +1,9 @@
 """The README's main job: the whole pipeline on the embedded digits, stage by stage.
 
 Each stage runs the same binary a user would run (printed before it starts), so the output is a
-set of ordinary model dirs. A stage whose result is already there is reused, not redone.
+set of ordinary model dirs. A stage whose result is already there is reused, not redone:
+training resumes (and stops at once when finished); an evaluation or sampling output newer than
+its model's newest checkpoint is kept.
 """
 
 import json
@@ -10,8 +12,6 @@ import shlex
 import subprocess
 import sys
 import time
-
-from absl import logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,106 +34,154 @@ def _fresh(output, model_dir):
     )
 
 
-def run(output_dir, extra_bindings=()):
-    """Runs every stage into `output_dir` and prints a summary; returns the summary dict."""
-    output_dir = os.path.abspath(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    start = time.time()
-    timings = {}
-    q_dir = os.path.join(output_dir, "quantizer")
-    bindings = [f"--gin_bindings={b}" for b in extra_bindings]
-    timings["train quantizer"] = _run(
-        [
-            "tools/train.py",
-            "--gin_file=gin/experiments/digits_vitvqgan.gin",
-            f"--model_dir={q_dir}",
-            *bindings,
-        ]
-    )
-    q_metrics = os.path.join(q_dir, "metrics.json")
-    if _fresh(q_metrics, q_dir):
-        logging.info("reusing %s", q_metrics)
-    else:
-        timings["evaluate quantizer"] = _run(
-            ["tools/evaluate.py", f"--model_dir={q_dir}", f"--output={q_metrics}"]
-        )
-    with open(q_metrics) as f:
-        metrics = json.load(f)
+class _Pipeline:
+    def __init__(self, output_dir, extra_bindings):
+        self.out = os.path.abspath(output_dir)
+        self.bindings = [f"--gin_bindings={b}" for b in extra_bindings]
+        self.timings = {}
 
-    c_dir = os.path.join(output_dir, "classifier")
-    timings["train classifier"] = _run(
-        [
-            "tools/train.py",
-            "--gin_file=gin/experiments/digits_classifier.gin",
-            f"--model_dir={c_dir}",
-            *bindings,
-        ]
-    )
-    c_metrics = os.path.join(c_dir, "metrics.json")
-    if not _fresh(c_metrics, c_dir):
-        timings["evaluate classifier"] = _run(
-            ["tools/evaluate.py", f"--model_dir={c_dir}", f"--output={c_metrics}"]
-        )
-    with open(c_metrics) as f:
-        classifier_metrics = json.load(f)
-
-    p_dir = os.path.join(output_dir, "prior")
-    timings["train prior"] = _run(
-        [
-            "tools/train.py",
-            "--gin_file=gin/experiments/digits_vim.gin",
-            f"--quantizer_dir={q_dir}",
-            f"--model_dir={p_dir}",
-            *bindings,
-        ]
-    )
-    p_metrics = os.path.join(p_dir, "metrics.json")
-    if not _fresh(p_metrics, p_dir):
-        timings["evaluate prior"] = _run(
-            ["tools/evaluate.py", f"--model_dir={p_dir}", f"--output={p_metrics}"]
-        )
-    with open(p_metrics) as f:
-        prior_metrics = json.load(f)
-    samples_dir = os.path.join(output_dir, "samples")
-    if not _fresh(os.path.join(samples_dir, "samples.npz"), p_dir):
-        timings["sample"] = _run(
+    def train(self, label, experiment, model_dir, *flags):
+        self.timings[label] = _run(
             [
-                "tools/sample.py",
-                f"--model_dir={p_dir}",
-                f"--output_dir={samples_dir}",
-                "--num_samples=100",
-                "--seed=0",
+                "tools/train.py",
+                f"--gin_file=gin/experiments/{experiment}",
+                f"--model_dir={model_dir}",
+                *flags,
+                *self.bindings,
             ]
         )
 
+    def once(self, label, output, model_dir, args):
+        """Runs `args` unless `output` is newer than model_dir's newest checkpoint."""
+        if not _fresh(output, model_dir):
+            self.timings[label] = _run(args)
+        if output.endswith(".json"):
+            with open(output) as f:
+                return json.load(f)
+        return None
+
+
+def run(output_dir, extra_bindings=()):
+    """Runs every stage into `output_dir` and prints a summary; returns the summary dict."""
+    p = _Pipeline(output_dir, extra_bindings)
+    start = time.time()
+    q_dir, c_dir = os.path.join(p.out, "quantizer"), os.path.join(p.out, "classifier")
+    prior_dir, uncond_dir = os.path.join(p.out, "prior"), os.path.join(p.out, "prior_uncond")
+    samples_dir = os.path.join(p.out, "samples")
+
+    p.train("train quantizer", "digits_vitvqgan.gin", q_dir)
+    p.train("train classifier", "digits_classifier.gin", c_dir)
+    c_metrics = p.once(
+        "evaluate classifier",
+        os.path.join(c_dir, "metrics.json"),
+        c_dir,
+        [
+            "tools/evaluate.py",
+            f"--model_dir={c_dir}",
+            f"--output={os.path.join(c_dir, 'metrics.json')}",
+        ],
+    )
+    q_json = os.path.join(q_dir, "metrics.json")
+    q_metrics = p.once(
+        "evaluate quantizer",
+        q_json,
+        q_dir,
+        [
+            "tools/evaluate.py",
+            f"--model_dir={q_dir}",
+            f"--output={q_json}",
+            f"--classifier={c_dir}",
+        ],
+    )
+    p.train("train prior", "digits_vim.gin", prior_dir, f"--quantizer_dir={q_dir}")
+    p_json = os.path.join(prior_dir, "metrics.json")
+    p_metrics = p.once(
+        "evaluate prior",
+        p_json,
+        prior_dir,
+        [
+            "tools/evaluate.py",
+            f"--model_dir={prior_dir}",
+            f"--output={p_json}",
+            f"--classifier={c_dir}",
+            "--num_samples=1000",
+            "--fid_floor_split=train",
+        ],
+    )
+    r_json = os.path.join(prior_dir, "metrics_acceptance_0.5.json")
+    r_metrics = p.once(
+        "evaluate prior, rejection 0.5",
+        r_json,
+        prior_dir,
+        [
+            "tools/evaluate.py",
+            f"--model_dir={prior_dir}",
+            f"--output={r_json}",
+            f"--classifier={c_dir}",
+            "--num_samples=1000",
+            "--acceptance_rate=0.5",
+        ],
+    )
+    p.once(
+        "sample grid",
+        os.path.join(samples_dir, "samples.npz"),
+        prior_dir,
+        [
+            "tools/sample.py",
+            f"--model_dir={prior_dir}",
+            f"--output_dir={samples_dir}",
+            "--num_samples=100",
+            "--seed=0",
+        ],
+    )
+    p.train(
+        "train unconditional prior", "digits_vim_uncond.gin", uncond_dir, f"--quantizer_dir={q_dir}"
+    )
+    probe_json = os.path.join(uncond_dir, "probe.json")
+    probe = p.once(
+        "linear probe",
+        probe_json,
+        uncond_dir,
+        ["tools/linear_probe.py", f"--model_dir={uncond_dir}", f"--output={probe_json}"],
+    )
+
     total = time.time() - start
     print("\n== vim_tf main job: summary ==")
-    print(f"quantizer (test split, {metrics['num_images']} images)")
-    for k in ("psnr", "ssim", "l1", "l2", "codebook_usage", "perplexity"):
-        print(f"  {k:<20} {metrics[k]:>10.4f}")
-    print(f"prior (test split, {prior_metrics['num_images']} images)")
-    for k in ("nll_bits_per_token", "token_accuracy", "class_accuracy"):
-        print(f"  {k:<20} {prior_metrics[k]:>10.4f}")
+    print(f"quantizer (test split, {q_metrics['num_images']} images)")
+    for k in ("psnr", "ssim", "l1", "l2", "codebook_usage", "perplexity", "rfid"):
+        print(f"  {k:<28} {q_metrics[k]:>10.4f}")
+    print(f"class-conditional prior ({p_metrics['num_samples']} samples)")
+    for k in ("nll_bits_per_token", "fid", "fid_floor", "inception_score", "kid", "class_accuracy"):
+        print(f"  {k:<28} {p_metrics[k]:>10.4f}")
+    for k in ("fid", "inception_score", "class_accuracy", "acceptance_rate"):
+        print(f"  {k + ' (rejection)':<28} {r_metrics[k]:>10.4f}")
     print(
-        f"  (class_accuracy: {prior_metrics['num_samples']} samples scored by the digits "
-        f"classifier, test accuracy {classifier_metrics['accuracy']:.4f})"
+        f"linear probe (unconditional prior): top-1 {probe['top1']:.4f} at block "
+        f"{probe['best_layer']}"
+    )
+    print(
+        f"  scores computed with the digits classifier (test accuracy "
+        f"{c_metrics['accuracy']:.4f}), not Inception; fid_floor: "
+        f"{p_metrics['fid_floor_splits']}"
     )
     print("\nwritten:")
     for label, path in (
-        ("reconstruction grid", metrics.get("reconstruction_grid")),
+        ("reconstruction grid", q_metrics.get("reconstruction_grid")),
         ("class sample grid", os.path.join(samples_dir, "grid.png")),
         ("samples", os.path.join(samples_dir, "samples.npz")),
-        ("quantizer metrics", q_metrics),
-        ("prior metrics", p_metrics),
-        ("TensorBoard logdir", output_dir),
+        ("linear-probe plot", probe.get("plot")),
+        ("metrics", f"{q_json}, {p_json}, {r_json}, {probe_json}"),
+        ("TensorBoard logdir", p.out),
     ):
         print(f"  {label:<20} {path}")
-    shown = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
+    shown = ", ".join(f"{k} {v:.0f}s" for k, v in p.timings.items())
     print(f"\nwall time {total / 60:.1f} min ({shown})")
-    print(f"view: tensorboard --logdir {output_dir}")
+    print(f"view: tensorboard --logdir {p.out}")
     return {
-        "quantizer": metrics,
-        "prior": prior_metrics,
-        "classifier": classifier_metrics,
+        "quantizer": q_metrics,
+        "prior": p_metrics,
+        "prior_rejection": r_metrics,
+        "linear_probe": probe,
+        "classifier": c_metrics,
         "wall_time_s": total,
     }
