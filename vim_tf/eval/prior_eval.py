@@ -96,6 +96,10 @@ def score_prior_samples(
     }
     if plan is not None:
         out["class_accuracy"] = scores.class_accuracy(fake_logits, plan)
+        predicted = np.argmax(fake_logits, axis=1)
+        out["class_accuracy_per_class"] = {
+            str(c): float(np.mean(predicted[plan == c] == c)) for c in np.unique(plan)
+        }
     if floor_split:
         out["fid_floor"] = scores.frechet_distance(real_activations(network, floor_split), real)
         out["fid_floor_splits"] = f"{floor_split} vs {real_split}"
