@@ -1,10 +1,8 @@
 """Tests for vim_tf.data.digits: the offline `sklearn_digits` TFDS builder."""
 
 import shutil
-import socket
 import tempfile
 import threading
-from unittest import mock
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -12,37 +10,13 @@ from absl.testing import parameterized
 from sklearn.datasets import load_digits
 
 from vim_tf.data import digits
+from vim_tf.testing.network_guard import NetworkGuard
 from vim_tf.testing.test_case import TestCase
 
 
 def hand_images(resolution_8_values):
     """sklearn values 0..16 -> uint8 0..255, rounded half up, without any resize."""
     return np.floor(resolution_8_values * 255.0 / 16.0 + 0.5).astype(np.uint8)
-
-
-class NetworkGuard:
-    """Blocks and records every attempt to open a network connection."""
-
-    def __init__(self):
-        self.attempts = []
-
-    def _refuse(self, *args, **kwargs):
-        self.attempts.append(args)
-        raise OSError("network access is blocked in this test")
-
-    def __enter__(self):
-        self._patches = [
-            mock.patch.object(socket.socket, "connect", self._refuse),
-            mock.patch.object(socket, "create_connection", self._refuse),
-            mock.patch.object(socket, "getaddrinfo", self._refuse),
-        ]
-        for p in self._patches:
-            p.start()
-        return self
-
-    def __exit__(self, *exc):
-        for p in self._patches:
-            p.stop()
 
 
 class DigitsTest(TestCase, parameterized.TestCase):

@@ -2,9 +2,7 @@
 
 import os
 import shutil
-import socket
 import tempfile
-from unittest import mock
 
 import gin
 import numpy as np
@@ -14,6 +12,7 @@ from sklearn.datasets import load_digits
 
 from vim_tf.data import digits
 from vim_tf.data import input_pipeline as ip
+from vim_tf.testing.network_guard import NetworkGuard
 from vim_tf.testing.test_case import TestCase
 
 GIN_FILE = os.path.join(os.path.dirname(__file__), "..", "gin", "datasets", "digits.gin")
@@ -22,31 +21,6 @@ GIN_FILE = os.path.join(os.path.dirname(__file__), "..", "gin", "datasets", "dig
 def hand_images(values):
     """sklearn values 0..16 -> uint8 0..255, rounded half up, without any resize."""
     return np.floor(values * 255.0 / 16.0 + 0.5).astype(np.uint8)
-
-
-class NetworkGuard:
-    """Blocks and records every attempt to open a network connection."""
-
-    def __init__(self):
-        self.attempts = []
-
-    def _refuse(self, *args, **kwargs):
-        self.attempts.append(args)
-        raise OSError("network access is blocked in this test")
-
-    def __enter__(self):
-        self._patches = [
-            mock.patch.object(socket.socket, "connect", self._refuse),
-            mock.patch.object(socket, "create_connection", self._refuse),
-            mock.patch.object(socket, "getaddrinfo", self._refuse),
-        ]
-        for p in self._patches:
-            p.start()
-        return self
-
-    def __exit__(self, *exc):
-        for p in self._patches:
-            p.stop()
 
 
 def collect(ds):

@@ -11,7 +11,7 @@ import tensorflow as tf
 from vim_tf.eval import linear_probe
 from vim_tf.models.vim import VIM
 from vim_tf.testing.test_case import TestCase
-from vim_tf.testing.tiny import TINY_VIM, tiny_vitvqgan_bindings, with_data_dir
+from vim_tf.testing.tiny import TINY_VIM, train_tiny_quantizer, with_data_dir
 from vim_tf.training import train_lib
 
 
@@ -174,14 +174,7 @@ class LinearProbeEndToEndTest(TestCase):
         cls.data_dir = os.path.join(root, "tfds")
         cls.q_dir = os.path.join(root, "quantizer")
         cls.p_dir = os.path.join(root, "prior_uncond")
-        gin.clear_config()
-        train_lib.run(
-            cls.q_dir,
-            ["gin/experiments/digits_vitvqgan.gin"],
-            tiny_vitvqgan_bindings(
-                cls.data_dir, "TRAIN_STEPS = 2", "ViTVQGAN.disc_start_step = 10"
-            ),
-        )
+        train_tiny_quantizer(cls.q_dir, cls.data_dir)
         gin.clear_config()
         train_lib.run(
             cls.p_dir,

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from vim_tf.eval import evaluator, generate
 from vim_tf.testing.test_case import TestCase
-from vim_tf.testing.tiny import TINY_CLASSIFIER, TINY_VIM, tiny_vitvqgan_bindings, with_data_dir
+from vim_tf.testing.tiny import TINY_CLASSIFIER, TINY_VIM, train_tiny_quantizer, with_data_dir
 from vim_tf.training import train_lib
 from vim_tf.utils import model_dir as model_dir_lib
 
@@ -21,15 +21,7 @@ class Stage2PipelineTest(TestCase):
         root = tf.compat.v1.test.get_temp_dir()
         cls.data_dir = os.path.join(root, "tfds")
         cls.q_dir = os.path.join(root, "quantizer")
-        gin.clear_config()
-        train_lib.run(
-            cls.q_dir,
-            ["gin/experiments/digits_vitvqgan.gin"],
-            tiny_vitvqgan_bindings(
-                cls.data_dir, "TRAIN_STEPS = 2", "ViTVQGAN.disc_start_step = 10"
-            ),
-        )
-        gin.clear_config()
+        train_tiny_quantizer(cls.q_dir, cls.data_dir)
 
     def _prior(self, model_dir, *extra, quantizer_dir=None):
         gin.clear_config()

@@ -51,3 +51,19 @@ TINY_CLASSIFIER = (
 
 def with_data_dir(bindings, data_dir, *extra):
     return list(bindings) + [f"make_dataset.data_dir = '{data_dir}'", *extra]
+
+
+def train_tiny_quantizer(model_dir, data_dir, steps=2):
+    """Trains the tiny digits quantizer (autoencoder phase only) into `model_dir`."""
+    import gin
+
+    from vim_tf.training import train_lib
+
+    gin.clear_config()
+    model = train_lib.run(
+        model_dir,
+        ["gin/experiments/digits_vitvqgan.gin"],
+        tiny_vitvqgan_bindings(data_dir, f"TRAIN_STEPS = {steps}", "ViTVQGAN.disc_start_step = 10"),
+    )
+    gin.clear_config()
+    return model
