@@ -1,0 +1,464 @@
+"""What `tools/export.py` does: a trained model dir -> a versioned SavedModel for serving.
+
+`export_model_dir(model_dir, export_dir)` writes `export_dir/<version>/` (the next integer version;
+TF Serving serves the largest) with `keras.export.ExportArchive`. Every endpoint is a signature
+with named inputs and a dict of named outputs. Images cross the boundary as uint8 (in: x / 255, as
+the input pipeline; out: round(x * 255) clipped, as `vim_tf.utils.images.to_uint8`), except the
+classifier's `scores`, which takes float images in [0, 1] (the contract of
+`vim_tf.eval.scores.ScoringNetwork.from_saved_model`).
+
+| kind | signatures (the first is also `serving_default`) |
+|---|---|
+| quantizer | reconstruct, encode, decode |
+| prior | generate, features, encode, decode, reconstruct (its quantizer's) |
+| classifier | scores |
+
+Values a signature's dtype and shape cannot reject (token ids, class ids, sampling settings) are
+checked in-graph before anything uses them: a bad value fails the request with an
+InvalidArgumentError whose message says what is valid and shows the bad values, never an image
+computed from them.
+
+Example:
+
+    path = export_model_dir("runs/p", "runs/export")  # runs/export/1
+    loaded = tf.saved_model.load(path)
+    out = loaded.signatures["generate"](
+        class_ids=tf.constant([3, 7]), temperature=tf.constant(1.0), top_k=tf.constant(0),
+        top_p=tf.constant(1.0), cfg_scale=tf.constant(1.0), seed=tf.constant(0))
+    out["images"]  # uint8 [2, H, W, 3]; out["tokens"]: int32 [2, h, w]
+"""
+
+import functools
+import json
+import os
+import shutil
+import uuid
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from vim_tf.utils import model_dir as model_dir_lib
+
+EXPORT_INFO_FILE = "export_info.json"
+# The linear probe's output in a prior's model dir: its best block becomes the feature layer.
+PROBE_FILE = "probe.json"
+# `generate.Sampler.sample` seeds batch b with seed * SEED_STRIDE + b; one request is batch 0.
+SEED_STRIDE = 1_000_003
+
+
+# ----------------------------------------------------------------- serving-boundary helpers
+def from_uint8(images):
+    """uint8 [B, H, W, 3] -> float32 in [0, 1] (x / 255, as the input pipeline)."""
+    return tf.cast(images, tf.float32) / 255.0
+
+
+def to_uint8(images):
+    """float [B, H, W, 3] in [0, 1] -> uint8: round(x * 255) clipped to [0, 255].
+
+    The in-graph twin of `vim_tf.utils.images.to_uint8` (both round half to even).
+    """
+    scaled = tf.round(tf.cast(images, tf.float32) * 255.0)
+    return tf.cast(tf.clip_by_value(scaled, 0.0, 255.0), tf.uint8)
+
+
+def _check(ok, message, bad):
+    """An assert op: fails with `message` and the values `bad` unless `ok` is all true."""
+    return tf.debugging.Assert(tf.reduce_all(ok), [message, bad], summarize=16)
+
+
+def _after(checks, tensors):
+    """`tensors` (a structure) made to depend on `checks`: nothing downstream runs before them."""
+    with tf.control_dependencies(checks):
+        return tf.nest.map_structure(tf.identity, tensors)
+
+
+def _with_shape_checks(fn, specs):
+    """`fn` whose inputs first pass `tf.ensure_shape` against their specs.
+
+    A signature's input shapes are not enforced when it is called by name (`signatures[...]`,
+    TF Serving); without this a tensor of another rank would reach the model. The error reads
+    "Shape of tensor <input> [<shape>] is not compatible with expected shape [<spec>]".
+    """
+
+    # wraps: the traced function keeps fn's argument names (callable by keyword once loaded).
+    @functools.wraps(fn)
+    def checked(*args):
+        return fn(*(tf.ensure_shape(x, s.shape) for s, x in zip(specs, args)))
+
+    return checked
+
+
+def _check_ids(name, ids, limit, what):
+    """Checks ids are in [0, limit); the message shows the out-of-range ones."""
+    ok = tf.logical_and(ids >= 0, ids < limit)
+    return _check(
+        ok,
+        f"{name} must be in [0, {limit}) ({what}); out-of-range values:",
+        tf.boolean_mask(ids, tf.logical_not(ok)),
+    )
+
+
+# ----------------------------------------------------------------- endpoints by model kind
+def quantizer_endpoints(quantizer):
+    """reconstruct / encode / decode of a `ViTVQGAN`.
+
+    Returns:
+      list of (name, fn, input_signature); the first is the default.
+    """
+    size, grid, k = quantizer.image_size, quantizer.grid_size, quantizer.codebook_size
+    images_spec = tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")
+    tokens_spec = tf.TensorSpec([None, grid, grid], tf.int32, name="tokens")
+
+    def encode_tokens(images):
+        return tf.cast(quantizer.encode(from_uint8(images)), tf.int32)
+
+    def encode(images):
+        """images uint8 [B, H, W, 3] -> {"tokens": int32 [B, h, w]}."""
+        return {"tokens": encode_tokens(images)}
+
+    def decode(tokens):
+        """tokens int32 [B, h, w] in [0, codebook_size) -> {"images": uint8 [B, H, W, 3]}."""
+        check = _check_ids("token ids", tokens, k, f"the codebook has {k} codes")
+        tokens = _after([check], tokens)
+        return {"images": to_uint8(quantizer.decode(tokens))}
+
+    def reconstruct(images):
+        """images uint8 -> {"images": uint8 (decode of the tokens), "tokens": int32}."""
+        tokens = encode_tokens(images)
+        return {"images": to_uint8(quantizer.decode(tokens)), "tokens": tokens}
+
+    return [
+        ("reconstruct", reconstruct, [images_spec]),
+        ("encode", encode, [images_spec]),
+        ("decode", decode, [tokens_spec]),
+    ]
+
+
+def _sampling_checks(temperature, top_k, top_p, cfg_scale):
+    """In-graph `vim_tf.models.sampling.check_sampling_args` (NaN fails every check)."""
+    return [
+        _check(temperature > 0, "temperature must be > 0, got", temperature),
+        _check(top_k >= 0, "top_k must be >= 0 (0 = off), got", top_k),
+        _check(
+            tf.logical_and(top_p > 0, top_p <= 1), "top_p must be in (0, 1] (1 = off), got", top_p
+        ),
+        _check(cfg_scale >= 0, "cfg_scale must be >= 0 (1 = no guidance), got", cfg_scale),
+    ]
+
+
+def prior_endpoints(prior, feature_layer, feature_class_id):
+    """generate / features of a `VIM`, then its quantizer's encode / decode / reconstruct.
+
+    Args:
+      prior: a restored `VIM` with its quantizer.
+      feature_layer: 1-based block whose token-averaged output `features` returns.
+      feature_class_id: the class id fed with the tokens for `features` (the linear probe's:
+        the start token of an unconditional prior, the null class of a conditional one).
+
+    Returns:
+      list of (name, fn, input_signature); the first is the default.
+    """
+    size, n = prior.quantizer.image_size, prior.num_classes
+    scalar = lambda dtype, name: tf.TensorSpec([], dtype, name=name)  # noqa: E731
+    settings = [
+        scalar(tf.float32, "temperature"),
+        scalar(tf.int32, "top_k"),
+        scalar(tf.float32, "top_p"),
+        scalar(tf.float32, "cfg_scale"),
+        scalar(tf.int32, "seed"),
+    ]
+
+    def sample(class_ids, temperature, top_k, top_p, cfg_scale, seed, checks):
+        checks = checks + _sampling_checks(temperature, top_k, top_p, cfg_scale)
+        class_ids, temperature, top_k, top_p, cfg_scale, seed = _after(
+            checks, (class_ids, temperature, top_k, top_p, cfg_scale, seed)
+        )
+        # Batch 0 of Sampler.sample, whose tf.constant(seed * SEED_STRIDE, tf.int32) wraps mod
+        # 2**32 for large seeds; uint32 arithmetic wraps the same way without signed overflow
+        # (`sampling.uniform` casts the seed to uint32 anyway).
+        seed = tf.cast(seed, tf.uint32) * tf.constant(SEED_STRIDE, tf.uint32)
+
+        def run(guided):
+            return lambda: prior.sample_tokens(
+                class_ids, seed, temperature, top_k, top_p, cfg_scale, guided=guided
+            )
+
+        if n:
+            # One signature serves both: guidance doubles the batch, so it is its own branch.
+            tokens = tf.cond(tf.not_equal(cfg_scale, 1.0), run(True), run(False))
+        else:
+            tokens = run(False)()
+        return {"tokens": tokens, "images": to_uint8(prior.decode(tokens))}
+
+    if n:
+
+        def generate(class_ids, temperature, top_k, top_p, cfg_scale, seed):
+            """class_ids int32 [B] and scalar settings -> {"tokens", "images"} (one sample each)."""
+            checks = [
+                _check_ids(
+                    "class ids",
+                    class_ids,
+                    n,
+                    f"one of {n} classes; the null class {n} only serves guidance",
+                ),
+                _check(
+                    tf.size(class_ids) > 0,
+                    "class_ids must hold at least one class id; got shape",
+                    tf.shape(class_ids),
+                ),
+            ]
+            return sample(class_ids, temperature, top_k, top_p, cfg_scale, seed, checks)
+
+        first = tf.TensorSpec([None], tf.int32, name="class_ids")
+    else:
+
+        def generate(num_images, temperature, top_k, top_p, cfg_scale, seed):
+            """num_images int32 [] and scalar settings -> {"tokens", "images"}."""
+            checks = [
+                _check(num_images >= 1, "num_images must be >= 1, got", num_images),
+                _check(
+                    tf.equal(cfg_scale, 1.0),
+                    "cfg_scale must be 1: classifier-free guidance needs a class-conditional "
+                    "prior; got",
+                    cfg_scale,
+                ),
+            ]
+            num_images = _after(checks[:1], num_images)
+            class_ids = tf.zeros([num_images], tf.int32)
+            return sample(class_ids, temperature, top_k, top_p, cfg_scale, seed, checks[1:])
+
+        first = scalar(tf.int32, "num_images")
+
+    def features(images):
+        """images uint8 [B, H, W, 3] -> {"features": float32 [B, hidden_dim]}."""
+        tokens = prior.tokenize({"image": from_uint8(images)})
+        class_ids = tf.fill(tf.shape(tokens)[:1], tf.constant(feature_class_id, tf.int32))
+        out = prior.features(tokens, class_ids, layer=feature_layer)
+        return {"features": tf.cast(out, tf.float32)}
+
+    images_spec = tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")
+    reconstruct, encode, decode = quantizer_endpoints(prior.quantizer)
+    return [
+        ("generate", generate, [first] + settings),
+        ("features", features, [images_spec]),
+        encode,
+        decode,
+        reconstruct,
+    ]
+
+
+def classifier_endpoints(classifier):
+    """scores of an `ImageClassifier`: images float32 [B, H, W, 3] in [0, 1] -> {"features",
+    "logits"} (what `ScoringNetwork.from_saved_model` reads)."""
+    size = classifier.image_size
+
+    def scores(images):
+        return {
+            "features": tf.cast(classifier.features(images, training=False), tf.float32),
+            "logits": tf.cast(classifier(images, training=False), tf.float32),
+        }
+
+    return [("scores", scores, [tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])]
+
+
+# ----------------------------------------------------------------- model dir -> export
+def load_model(model_dir):
+    """The model of a trained model dir, restored for inference.
+
+    Quantizers are rebuilt without their discriminator and perceptual network (training-only
+    parts, which would otherwise land in the export). Priors and classifiers come from
+    `vim_tf.eval.evaluator.load_trained_model`.
+
+    Returns:
+      (model, model_info dict, checkpoint path).
+    """
+    info = model_dir_lib.read_model_info(model_dir)
+    kind = info.get("kind")
+    if kind == "quantizer":
+        from vim_tf.models.vitvqgan import ViTVQGAN
+
+        config = model_dir_lib.read_model_config(model_dir)
+        config.update(
+            adversarial_weight=0.0,
+            discriminator=None,
+            perceptual_weight=0.0,
+            perceptual_weights_path=None,
+        )
+        model = ViTVQGAN.from_config(config)
+        model.build()
+        path = model_dir_lib.restore_latest(model, model_dir)
+        model.trainable = False
+        return model, info, path
+    if kind in ("prior", "classifier"):
+        from vim_tf.eval import evaluator
+
+        return evaluator.load_trained_model(model_dir)
+    raise ValueError(
+        f"{model_dir!r} holds a {kind!r} model; export.py exports quantizers, priors and "
+        "classifiers"
+    )
+
+
+def feature_layer(prior, model_dir):
+    """The block `features` serves: the probe's best block if `<model_dir>/probe.json` exists,
+    else the middle block (`max(1, num_layers // 2)`, `VIM.features`' default).
+
+    Returns:
+      (layer, where it came from).
+    """
+    path = os.path.join(model_dir, PROBE_FILE)
+    if not os.path.exists(path):
+        return max(1, prior.num_layers // 2), "default: num_layers // 2 (no probe.json)"
+    with open(path) as f:
+        best = json.load(f).get("best_layer")
+    if isinstance(best, bool) or not isinstance(best, int) or not 1 <= best <= prior.num_layers:
+        raise ValueError(
+            f"{path} has best_layer={best!r}; it must be a block number in "
+            f"[1, {prior.num_layers}] (rerun tools/linear_probe.py or remove the file)"
+        )
+    return best, os.path.abspath(path)
+
+
+def next_version(export_dir):
+    """1 + the largest numeric subdir of `export_dir` (1 when there is none)."""
+    if not os.path.isdir(export_dir):
+        return 1
+    versions = [
+        int(name)
+        for name in os.listdir(export_dir)
+        if name.isdigit() and os.path.isdir(os.path.join(export_dir, name))
+    ]
+    return max(versions, default=0) + 1
+
+
+def _describe(fn, specs):
+    """{"inputs": {name: {dtype, shape}}, "outputs": {...}} of a traced endpoint."""
+
+    def entry(t):
+        return {"dtype": t.dtype.name, "shape": t.shape.as_list()}
+
+    outputs = fn.get_concrete_function().structured_outputs
+    return {
+        "inputs": {s.name: entry(s) for s in specs},
+        "outputs": {k: entry(v) for k, v in sorted(outputs.items())},
+    }
+
+
+def _model_description(model, kind, model_dir):
+    """The export_info fields that depend on the kind, and the endpoints."""
+    if kind == "quantizer":
+        desc = dict(
+            image_size=model.image_size,
+            grid_size=model.grid_size,
+            codebook_size=model.codebook_size,
+            num_classes=None,
+        )
+        return desc, quantizer_endpoints(model)
+    if kind == "prior":
+        from vim_tf.eval import linear_probe
+
+        if model.quantizer is None:
+            raise ValueError(
+                f"the prior in {model_dir!r} has no quantizer (its model_info.json names no "
+                "quantizer_dir): an export needs it to turn images into tokens and back"
+            )
+        layer, source = feature_layer(model, model_dir)
+        class_id = linear_probe.probe_class_id(model)
+        desc = dict(
+            image_size=model.quantizer.image_size,
+            grid_size=model.grid_size,
+            codebook_size=model.codebook_size,
+            num_classes=model.num_classes,
+            num_layers=model.num_layers,
+            feature_layer=layer,
+            feature_layer_source=source,
+            feature_class_id=class_id,
+            quantizer_dir=model.quantizer_dir,
+        )
+        return desc, prior_endpoints(model, layer, class_id)
+    desc = dict(
+        image_size=model.image_size,
+        grid_size=None,
+        codebook_size=None,
+        num_classes=model.num_classes,
+        feature_dim=model.feature_dim,
+    )
+    return desc, classifier_endpoints(model)
+
+
+def export_model_dir(model_dir, export_dir, version=None):
+    """Exports the trained model in `model_dir` as the SavedModel `export_dir/<version>/`.
+
+    The SavedModel is written to a temporary dir inside `export_dir` (TF Serving ignores
+    non-numeric names) and renamed into place, so a crash never leaves a half-written version
+    and existing versions are never touched. `export_info.json` beside `saved_model.pb` records
+    the kind, sizes, feature layer, signatures and the source model dir and checkpoint.
+
+    Args:
+      model_dir: a trained quantizer, prior or classifier model dir.
+      export_dir: the model base path (as TF Serving's `--model_base_path`); created if needed.
+      version: positive int; default: one more than the largest existing version, or 1.
+
+    Returns:
+      The written version dir.
+
+    Raises:
+      ValueError: an unknown model kind, a bad or existing version, a bad probe.json.
+    """
+    if version is None:
+        version = next_version(export_dir)
+    elif isinstance(version, bool) or int(version) != version or version < 1:
+        raise ValueError(f"version must be a positive int, got {version!r}")
+    version = int(version)
+    final = os.path.join(export_dir, str(version))
+    if os.path.exists(final):
+        raise ValueError(
+            f"{final} exists: versions are never overwritten (omit version for the next one)"
+        )
+    model, info, checkpoint = load_model(model_dir)
+    kind = info["kind"]
+    desc, endpoints = _model_description(model, kind, model_dir)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    signatures = {}
+    for name, fn, specs in endpoints:
+        traced = archive.add_endpoint(name, _with_shape_checks(fn, specs), input_signature=specs)
+        signatures[name] = _describe(traced, specs)
+    export_info = dict(
+        desc,
+        kind=kind,
+        version=version,
+        serving_default=endpoints[0][0],
+        signatures=signatures,
+        source={
+            "model_dir": os.path.abspath(model_dir),
+            "checkpoint": os.path.abspath(checkpoint),
+            "step": int(checkpoint.rsplit("-", 1)[-1]),
+        },
+        tensorflow_version=tf.__version__,
+        keras_version=keras.__version__,
+    )
+
+    os.makedirs(export_dir, exist_ok=True)
+    tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        archive.write_out(tmp, verbose=False)
+        model_dir_lib.write_json(os.path.join(tmp, EXPORT_INFO_FILE), export_info)
+        if os.path.exists(final):
+            raise ValueError(f"{final} appeared while exporting; not overwriting it")
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logging.info(
+        "exported the %s in %s (%s) to %s: signatures %s (serving_default = %s)",
+        kind,
+        model_dir,
+        checkpoint,
+        final,
+        sorted(signatures),
+        endpoints[0][0],
+    )
+    return final
