@@ -145,6 +145,19 @@ def run(output_dir, extra_bindings=()):
         ["tools/linear_probe.py", f"--model_dir={uncond_dir}", f"--output={probe_json}"],
     )
 
+    exports = {}
+    for name, model_dir in (("quantizer", q_dir), ("prior", prior_dir), ("classifier", c_dir)):
+        export_dir = os.path.join(p.out, "export", name)
+        versions = (
+            [v for v in os.listdir(export_dir) if v.isdigit()] if os.path.isdir(export_dir) else []
+        )
+        if not versions or not _fresh(os.path.join(export_dir, max(versions, key=int)), model_dir):
+            p.timings[f"export {name}"] = _run(
+                ["tools/export.py", f"--model_dir={model_dir}", f"--export_dir={export_dir}"]
+            )
+            versions = [v for v in os.listdir(export_dir) if v.isdigit()]
+        exports[name] = os.path.join(export_dir, max(versions, key=int))
+
     total = time.time() - start
     print("\n== vim_tf main job: summary ==")
     print(f"quantizer (test split, {q_metrics['num_images']} images)")
@@ -171,6 +184,7 @@ def run(output_dir, extra_bindings=()):
         ("samples", os.path.join(samples_dir, "samples.npz")),
         ("linear-probe plot", probe.get("plot")),
         ("metrics", f"{q_json}, {p_json}, {r_json}, {probe_json}"),
+        ("SavedModels", ", ".join(exports.values())),
         ("TensorBoard logdir", p.out),
     ):
         print(f"  {label:<20} {path}")
