@@ -197,5 +197,6 @@ def run(output_dir, extra_bindings=()):
         "prior_rejection": r_metrics,
         "linear_probe": probe,
         "classifier": c_metrics,
+        "exports": exports,
         "wall_time_s": total,
     }
