@@ -10,6 +10,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "A trained model dir (holds config.gin and ckpt-*).")
+flags.DEFINE_string(
+    "saved_model",
+    None,
+    "Score an export instead: OUT/<version>/ written by "
+    "tools/export.py (the artifact TF Serving serves).",
+)
 flags.DEFINE_string("output", None, "Where the metrics JSON goes.")
 flags.DEFINE_string(
     "classifier",
@@ -32,7 +38,7 @@ flags.DEFINE_bool(
     "model dir) until the final one.",
 )
 flags.DEFINE_integer("poll_seconds", 30, "With --watch: seconds between looks for checkpoints.")
-flags.mark_flags_as_required(["model_dir", "output"])
+flags.mark_flags_as_required(["output"])
 FLAGS = flags.FLAGS
 
 
@@ -40,6 +46,17 @@ def main(argv):
     del argv
     from vim_tf.eval import evaluator
 
+    if FLAGS.saved_model:
+        evaluator.evaluate_export(
+            FLAGS.saved_model,
+            FLAGS.output,
+            FLAGS.classifier,
+            FLAGS.num_samples,
+            FLAGS.acceptance_rate,
+        )
+        return
+    if not FLAGS.model_dir:
+        raise app.UsageError("--model_dir or --saved_model is required")
     if FLAGS.watch:
         from vim_tf.eval import watcher
 

@@ -55,6 +55,19 @@ def load_classifier(classifier_dir):
     return model
 
 
+def evaluate_export(saved_model, output, classifier=None, num_samples=1000, acceptance_rate=1.0):
+    """Scores an exported SavedModel version dir (see `saved_model_eval`) into `output`."""
+    from vim_tf.eval import saved_model_eval
+
+    network = load_scoring_network(classifier) if classifier else None
+    metrics = saved_model_eval.evaluate_saved_model(
+        saved_model, network, num_samples, acceptance_rate
+    )
+    model_dir_lib.write_json(output, metrics)
+    logging.info("%s export: %s -> %s", metrics["kind"], metrics, output)
+    return metrics
+
+
 def evaluate(
     model_dir,
     output,

@@ -56,7 +56,9 @@ def real_activations(network, split, dataset_fn=input_pipeline.make_dataset):
     return np.concatenate(feats)
 
 
-@gin.configurable(denylist=["model", "network", "num_samples", "acceptance_rate", "seed"])
+@gin.configurable(
+    denylist=["model", "network", "num_samples", "acceptance_rate", "seed", "sampler"]
+)
 def score_prior_samples(
     model,
     network,
@@ -66,20 +68,27 @@ def score_prior_samples(
     real_split="test",
     floor_split=None,
     sampling_kwargs=None,
+    sampler=None,
 ):
     """FID / classifier score / KID of `num_samples` samples against the real `real_split`.
 
     Class-conditional priors sample every class evenly and also get `class_accuracy`; with
     `acceptance_rate` < 1 the samples come from classifier rejection sampling. With
     `floor_split`, `fid_floor` is the FID between the real `floor_split` and `real_split` images
-    (the best a generator can expect at this sample size and network).
+    (the best a generator can expect at this sample size and network). `sampler` defaults to
+    `generate.Sampler(model)` (a served model passes its own).
     """
     from vim_tf.eval import generate, rejection, scores
 
     plan = generate.class_plan(num_samples, model.num_classes)
     ids = plan if plan is not None else np.zeros([num_samples], np.int32)
     _, images, achieved = rejection.rejection_sample(
-        generate.Sampler(model), network, ids, acceptance_rate, seed=seed, **(sampling_kwargs or {})
+        sampler or generate.Sampler(model),
+        network,
+        ids,
+        acceptance_rate,
+        seed=seed,
+        **(sampling_kwargs or {}),
     )
     fake_features, fake_logits = network.activations(images)
     real = real_activations(network, real_split)
