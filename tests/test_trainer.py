@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+from unittest import mock
 
 import gin
 import numpy as np
@@ -12,7 +13,7 @@ from vim_tf.config import gin_utils
 from vim_tf.eval import evaluator
 from vim_tf.testing.test_case import TestCase
 from vim_tf.testing.tiny import tiny_vitvqgan_bindings
-from vim_tf.training import train_lib
+from vim_tf.training import train_lib, trainer
 from vim_tf.utils import model_dir as model_dir_lib
 
 EXPERIMENT = "gin/experiments/digits_vitvqgan.gin"
@@ -69,17 +70,19 @@ class TrainerTest(TestCase):
         weights = [w.numpy() for w in model.weights]
 
         # Same command again: nothing to do, the weights are the checkpoint's.
-        with self.assertLogs(level="INFO") as logs:
+        with mock.patch.object(trainer.logging, "info") as info:
             again = self._train(model_dir)
-        self.assertTrue(any("resumed from" in r and "at step 6" in r for r in logs.output))
+        logs = [call.args[0] % call.args[1:] for call in info.call_args_list]
+        self.assertTrue(any("resumed from" in r and "at step 6" in r for r in logs), logs)
         self.assertEqual(int(again.step), 6)
         for a, b in zip(weights, again.weights):
             np.testing.assert_array_equal(a, b.numpy())
 
         # Longer schedule: continues from step 6 (not from 0) to 9.
-        with self.assertLogs(level="INFO") as logs:
+        with mock.patch.object(trainer.logging, "info") as info:
             longer = self._train(model_dir, "TRAIN_STEPS = 9")
-        self.assertTrue(any("from step 6 to 9" in r for r in logs.output))
+        logs = [call.args[0] % call.args[1:] for call in info.call_args_list]
+        self.assertTrue(any("from step 6 to 9" in r for r in logs), logs)
         self.assertEqual(int(longer.step), 9)
         self.assertTrue(os.path.exists(os.path.join(model_dir, "ckpt-9.index")))
 
