@@ -227,8 +227,53 @@ def _check_grid(image_size, patch_size):
     return image_size // patch_size
 
 
+class _ViTStack(keras.layers.Layer):
+    """What the ViT-VQGAN encoder and decoder share: sizes, the transformer, the output LayerNorm
+    and the first layer of the tanh feed-forward, and the fixed positional embedding."""
+
+    def __init__(
+        self,
+        image_size,
+        patch_size,
+        num_layers,
+        num_heads,
+        hidden_dim,
+        mlp_dim,
+        dropout=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.grid_size = _check_grid(image_size, patch_size)
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.hidden_dim = hidden_dim
+        self.mlp_dim = mlp_dim
+        self.dropout = dropout
+        self.transformer = TransformerStack(
+            num_layers, num_heads, mlp_dim, dropout, name="transformer"
+        )
+        self.ln_out = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_out")
+        self.ffn_in = keras.layers.Dense(mlp_dim, name="ffn_in")
+        self.posemb = sincos_2d_posemb(self.grid_size, self.grid_size, hidden_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            hidden_dim=self.hidden_dim,
+            mlp_dim=self.mlp_dim,
+            dropout=self.dropout,
+        )
+        return config
+
+
 @gin.register
-class ViTEncoder(keras.layers.Layer):
+class ViTEncoder(_ViTStack):
     """Image -> one vector per patch (the ViT-VQGAN encoder).
 
     Patches (p x p) are flattened and linearly embedded, a fixed 2-D sin-cos positional embedding
@@ -259,23 +304,11 @@ class ViTEncoder(keras.layers.Layer):
         dropout=0.0,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.grid_size = _check_grid(image_size, patch_size)
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.hidden_dim = hidden_dim
-        self.mlp_dim = mlp_dim
-        self.dropout = dropout
-        self.patch_embed = keras.layers.Dense(hidden_dim, name="patch_embed")
-        self.transformer = TransformerStack(
-            num_layers, num_heads, mlp_dim, dropout, name="transformer"
+        super().__init__(
+            image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim, dropout, **kwargs
         )
-        self.ln_out = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_out")
-        self.ffn_in = keras.layers.Dense(mlp_dim, name="ffn_in")
+        self.patch_embed = keras.layers.Dense(hidden_dim, name="patch_embed")
         self.ffn_out = keras.layers.Dense(hidden_dim, name="ffn_out")
-        self.posemb = sincos_2d_posemb(self.grid_size, self.grid_size, hidden_dim)
 
     def build(self, input_shape):
         n = self.grid_size**2
@@ -291,22 +324,9 @@ class ViTEncoder(keras.layers.Layer):
         x = self.transformer(x, training=training)
         return self.ffn_out(ops.tanh(self.ffn_in(self.ln_out(x))))
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            image_size=self.image_size,
-            patch_size=self.patch_size,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            hidden_dim=self.hidden_dim,
-            mlp_dim=self.mlp_dim,
-            dropout=self.dropout,
-        )
-        return config
-
 
 @gin.register
-class ViTDecoder(keras.layers.Layer):
+class ViTDecoder(_ViTStack):
     """Per-token vectors -> image distribution parameters (the ViT-VQGAN decoder).
 
     Tokens get the fixed 2-D positional embedding, pre-LN transformer blocks, LayerNorm, then the
@@ -329,23 +349,11 @@ class ViTDecoder(keras.layers.Layer):
         out_channels=6,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.grid_size = _check_grid(image_size, patch_size)
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.hidden_dim = hidden_dim
-        self.mlp_dim = mlp_dim
-        self.dropout = dropout
-        self.out_channels = out_channels
-        self.transformer = TransformerStack(
-            num_layers, num_heads, mlp_dim, dropout, name="transformer"
+        super().__init__(
+            image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim, dropout, **kwargs
         )
-        self.ln_out = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_out")
-        self.ffn_in = keras.layers.Dense(mlp_dim, name="ffn_in")
+        self.out_channels = out_channels
         self.to_pixels = keras.layers.Dense(patch_size**2 * out_channels, name="to_pixels")
-        self.posemb = sincos_2d_posemb(self.grid_size, self.grid_size, hidden_dim)
 
     def build(self, input_shape):
         n = self.grid_size**2
@@ -362,14 +370,5 @@ class ViTDecoder(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            image_size=self.image_size,
-            patch_size=self.patch_size,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            hidden_dim=self.hidden_dim,
-            mlp_dim=self.mlp_dim,
-            dropout=self.dropout,
-            out_channels=self.out_channels,
-        )
+        config.update(out_channels=self.out_channels)
         return config
