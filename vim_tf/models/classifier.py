@@ -6,6 +6,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from vim_tf.config import checks
+from vim_tf.training import guard
+
 
 @gin.register
 class ImageClassifier(keras.Model):
@@ -38,8 +41,25 @@ class ImageClassifier(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        owner = "ImageClassifier"
+        checks.check_int(owner, "num_classes", num_classes, minimum=2)
+        if isinstance(channels, (str, bytes)) or not hasattr(channels, "__len__") or not channels:
+            raise ValueError(
+                f"{owner}.channels must be a non-empty tuple of ints, got {channels!r}"
+            )
+        for i, c in enumerate(channels):
+            checks.check_int(owner, f"channels[{i}]", c)
+        # Each conv block halves the resolution: fewer pixels than that pool away to nothing.
+        checks.check_int(
+            owner,
+            "image_size",
+            image_size,
+            minimum=2 ** len(channels),
+            hint=f" ({len(channels)} conv blocks each halve the resolution)",
+        )
+        checks.check_int(owner, "feature_dim", feature_dim)
+        checks.check_float(owner, "dropout", dropout, 0.0, 1.0, high_open=True)
+        checks.check_int(owner, "max_shift", max_shift, minimum=0)
         self.image_size = int(image_size)
         self.num_classes = int(num_classes)
         self.channels = tuple(int(c) for c in channels)
@@ -54,7 +74,8 @@ class ImageClassifier(keras.Model):
                 setattr(self, f"bn_{i}_{j}", keras.layers.BatchNormalization())
         self.feature = keras.layers.Dense(self.feature_dim, name="feature")
         self.drop = keras.layers.Dropout(self.dropout)
-        self.logits = keras.layers.Dense(self.num_classes, name="logits")
+        # Output head in float32 under mixed precision (softmax cross-entropy on its logits).
+        self.logits = keras.layers.Dense(self.num_classes, name="logits", dtype="float32")
         self._trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", "accuracy")}
 
     def build(self, input_shape=None):
@@ -115,14 +136,16 @@ class ImageClassifier(keras.Model):
         with tf.GradientTape() as tape:
             logits = self(images, training=True)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-            scaled = loss / replicas
+            scaled = self.classifier_optimizer.scale_loss(loss / replicas)
         variables = self.trainable_variables
-        self.classifier_optimizer.apply(tape.gradient(scaled, variables), variables)
+        ok = guard.apply_if_finite(
+            self, self.classifier_optimizer, tape.gradient(scaled, variables), variables, loss
+        )
         acc = tf.reduce_mean(
             tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
         )
-        self._trackers["loss"].update_state(loss)
-        self._trackers["accuracy"].update_state(acc)
+        guard.track(self._trackers["loss"], loss, ok)
+        guard.track(self._trackers["accuracy"], acc, ok)
         return {m.name: m.result() for m in self.metrics}
 
     def model_info(self):

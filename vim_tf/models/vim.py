@@ -15,9 +15,11 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from vim_tf.config import checks
 from vim_tf.models import sampling
 from vim_tf.models.vit import TransformerStack
 from vim_tf.models.vitvqgan import load_quantizer
+from vim_tf.training import guard
 from vim_tf.utils import images as image_utils
 from vim_tf.utils import model_dir as model_dir_lib
 
@@ -73,7 +75,6 @@ class VIM(keras.Model):
                         "codebook (leave VIM.grid_size / VIM.codebook_size unset to follow it)"
                     )
             grid_size, codebook_size = info["grid_size"], info["codebook_size"]
-            self.quantizer = load_quantizer(quantizer_dir)
         if grid_size is None or codebook_size is None:
             raise ValueError(
                 "VIM needs its quantizer: pass --quantizer_dir=DIR (a trained stage-1 model dir) "
@@ -87,14 +88,16 @@ class VIM(keras.Model):
             ("hidden_dim", hidden_dim),
             ("mlp_dim", mlp_dim),
         ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"VIM.{name} must be a positive int, got {value!r}")
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"VIM.num_classes must be an int >= 0, got {num_classes!r}")
-        if not 0.0 <= class_dropout < 1.0:
-            raise ValueError(f"VIM.class_dropout must be in [0, 1), got {class_dropout}")
+            checks.check_int("VIM", name, value)
+        checks.check_heads("VIM", num_heads, hidden_dim)
+        checks.check_int("VIM", "num_classes", num_classes, minimum=0, hint=" (0: unconditional)")
+        checks.check_float("VIM", "dropout", dropout, 0.0, 1.0, high_open=True)
+        checks.check_float("VIM", "class_dropout", class_dropout, 0.0, 1.0, high_open=True)
         if class_dropout > 0 and num_classes == 0:
             raise ValueError("VIM.class_dropout needs a class-conditional prior (num_classes > 0)")
+        if quantizer_dir:
+            # After the checks above: a bad setting fails before the quantizer is restored.
+            self.quantizer = load_quantizer(quantizer_dir)
         self.grid_size = grid_size
         self.seq_len = grid_size * grid_size
         self.codebook_size = codebook_size
@@ -110,7 +113,9 @@ class VIM(keras.Model):
             num_layers, num_heads, mlp_dim, dropout, causal=True, name="transformer"
         )
         self.ln_final = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_final")
-        self.head = keras.layers.Dense(codebook_size, name="head")
+        # Output head in float32 under mixed precision: logits over the whole codebook feed the
+        # softmax cross-entropy and sampling (its input is cast up to float32).
+        self.head = keras.layers.Dense(codebook_size, name="head", dtype="float32")
         self.embed_dropout = keras.layers.Dropout(dropout)
         self._trackers = {
             n: keras.metrics.Mean(name=n) for n in ("loss", "bits_per_token", "accuracy")
@@ -128,17 +133,26 @@ class VIM(keras.Model):
     def build(self, input_shape=None):
         init = keras.initializers.RandomNormal(stddev=0.02)
         d = self.hidden_dim
+        # autocast=False: under mixed precision the embeddings are summed in float32 and cast
+        # to the compute dtype afterwards, so their gradients (summed over the batch) are float32
+        # sums too (a float16 sum of loss-scaled gradients overflows).
         self.token_embedding = self.add_weight(
-            name="token_embedding", shape=(self.codebook_size, d), initializer=init
+            name="token_embedding",
+            shape=(self.codebook_size, d),
+            initializer=init,
+            autocast=False,
         )
         self.class_embedding = self.add_weight(
-            name="class_embedding", shape=(self.num_class_slots, d), initializer=init
+            name="class_embedding",
+            shape=(self.num_class_slots, d),
+            initializer=init,
+            autocast=False,
         )
         self.row_embedding = self.add_weight(
-            name="row_posemb", shape=(self.grid_size, d), initializer=init
+            name="row_posemb", shape=(self.grid_size, d), initializer=init, autocast=False
         )
         self.col_embedding = self.add_weight(
-            name="col_posemb", shape=(self.grid_size, d), initializer=init
+            name="col_posemb", shape=(self.grid_size, d), initializer=init, autocast=False
         )
         self.transformer.build((None, self.seq_len, d))
         self.ln_final.build((None, self.seq_len, d))
@@ -231,12 +245,14 @@ class VIM(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             loss, acc = self.nll(tokens, class_ids, training=True)
-            scaled = loss / replicas
+            scaled = self.prior_optimizer.scale_loss(loss / replicas)
         variables = self.trainable_variables
-        self.prior_optimizer.apply(tape.gradient(scaled, variables), variables)
-        self._trackers["loss"].update_state(loss)
-        self._trackers["bits_per_token"].update_state(loss / math.log(2.0))
-        self._trackers["accuracy"].update_state(acc)
+        ok = guard.apply_if_finite(
+            self, self.prior_optimizer, tape.gradient(scaled, variables), variables, loss
+        )
+        guard.track(self._trackers["loss"], loss, ok)
+        guard.track(self._trackers["bits_per_token"], loss / math.log(2.0), ok)
+        guard.track(self._trackers["accuracy"], acc, ok)
         return {m.name: m.result() for m in self.metrics}
 
     # ----------------------------------------------------------------- sampling

@@ -7,10 +7,12 @@ import tensorflow as tf
 from absl import logging
 from keras import ops
 
+from vim_tf.config import checks
 from vim_tf.losses import adversarial, reconstruction
 from vim_tf.models import quantizer as quantizer_lib
 from vim_tf.models.discriminator import StyleGANDiscriminator
 from vim_tf.models.vit import ViTDecoder, ViTEncoder
+from vim_tf.training import guard
 from vim_tf.utils import images as image_utils
 from vim_tf.utils import model_dir as model_dir_lib
 
@@ -25,9 +27,19 @@ def _check_stack(name, cfg):
             f"ViTVQGAN.{name} must be a dict with keys {list(_STACK_KEYS)} (and optionally "
             f"'dropout'); missing {missing}, unknown {unknown} in {cfg!r}"
         )
+    owner = f"ViTVQGAN.{name}"
     for k in _STACK_KEYS:
-        if not isinstance(cfg[k], int) or cfg[k] < 1:
-            raise ValueError(f"ViTVQGAN.{name}['{k}'] must be a positive int, got {cfg[k]!r}")
+        checks.check_int(owner, f"['{k}']", cfg[k])
+    checks.check_heads(
+        owner, cfg["num_heads"], cfg["hidden_dim"], "['num_heads']", "['hidden_dim']"
+    )
+    if cfg["hidden_dim"] % 4:
+        raise ValueError(
+            f"{owner}['hidden_dim']={cfg['hidden_dim']} is not a multiple of 4 (the 2-D sin-cos "
+            "positional embedding gives a quarter of the width to each of sin/cos x rows/columns)"
+        )
+    if "dropout" in cfg:
+        checks.check_float(owner, "['dropout']", cfg["dropout"], 0.0, 1.0, high_open=True)
     return dict(cfg)
 
 
@@ -116,13 +128,25 @@ class ViTVQGAN(keras.Model):
             ("perceptual_weight", perceptual_weight),
             ("adversarial_weight", adversarial_weight),
             ("r1_gamma", r1_gamma),
+            ("beta", beta),
         ):
-            if value < 0:
-                raise ValueError(f"ViTVQGAN.{name} must be >= 0, got {value}")
-        if int(r1_interval) < 1:
-            raise ValueError(f"ViTVQGAN.r1_interval must be >= 1, got {r1_interval}")
-        if not 0.0 < eps < 0.5:
-            raise ValueError(f"ViTVQGAN.eps must be in (0, 0.5), got {eps}")
+            checks.check_float("ViTVQGAN", name, value, low=0.0)
+        checks.check_int("ViTVQGAN", "r1_interval", r1_interval)
+        checks.check_int("ViTVQGAN", "disc_start_step", disc_start_step, minimum=0)
+        checks.check_float("ViTVQGAN", "eps", eps, 0.0, 0.5, low_open=True, high_open=True)
+        checks.check_float("ViTVQGAN", "min_log_scale", min_log_scale)
+        checks.check_int("ViTVQGAN", "image_size", image_size)
+        checks.check_int("ViTVQGAN", "patch_size", patch_size)
+        if image_size % patch_size:
+            below = image_size // patch_size * patch_size
+            nearest = [n for n in (below, below + patch_size) if n > 0]
+            raise ValueError(
+                f"ViTVQGAN.image_size={image_size} is not divisible by ViTVQGAN.patch_size="
+                f"{patch_size}: use an image size that is a multiple of the patch size (e.g. "
+                f"{' or '.join(map(str, nearest))})"
+            )
+        checks.check_int("ViTVQGAN", "codebook_size", codebook_size, hint=" (8192 in the paper)")
+        checks.check_int("ViTVQGAN", "code_dim", code_dim, hint=" (32 in the paper)")
         self.image_size = int(image_size)
         self.patch_size = int(patch_size)
         self.encoder_config = _check_stack("encoder", encoder)
@@ -309,14 +333,16 @@ class ViTVQGAN(keras.Model):
     def metrics(self):
         return list(self._trackers.values())
 
-    def _track(self, **values):
+    def _track(self, ok, **values):
+        """Updates trackers from a step whose update was applied (`ok`); skipped steps stay out."""
         for k, v in values.items():
-            self._trackers[k].update_state(v)
+            guard.track(self._trackers[k], v, ok)
 
     def train_step(self, data):
         images = data["image"]
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         adversarial_active = self.adversarial_active
+        step = tf.identity(self.generator_optimizer.iterations)  # before this step's update
         with tf.GradientTape() as tape:
             out = self(images, training=True)
             rec = out["reconstruction"]
@@ -336,19 +362,30 @@ class ViTVQGAN(keras.Model):
                 loss += self.adversarial_weight * g_adv
             # Each replica's loss is a mean over its share of the global batch; gradients are
             # summed across replicas, so dividing by the replica count gives the global mean.
-            scaled = loss / replicas
+            # scale_loss: the loss scale of mixed_float16 (identity otherwise).
+            scaled = self.generator_optimizer.scale_loss(loss / replicas)
         variables = self.generator_variables
         grads = tape.gradient(scaled, variables)
-        self.generator_optimizer.apply(grads, variables)
+        ok = guard.apply_if_finite(
+            self, self.generator_optimizer, grads, variables, loss, step=step
+        )
         if self.restart_dead_codes:
-            self._track(
-                restarted_codes=self.quantizer.restart(
-                    out["z"], out["counts"], self.generator_optimizer.iterations
-                )
+            # Never re-seed codes from a step whose encoder outputs were not finite (a flag, not
+            # a tf.cond: the restart gathers across replicas, which a branch may not hold).
+            restarted = self.quantizer.restart(
+                out["z"], out["counts"], self.generator_optimizer.iterations, enabled=ok
             )
+            self._track(ok, restarted_codes=tf.cast(restarted, tf.float32))
 
-        usage, perplexity = quantizer_lib.code_statistics(out["counts"])
+        # Code statistics of the global batch (every replica's counts summed), so the logged
+        # usage and perplexity do not depend on how the batch is split across replicas.
+        counts = out["counts"]
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            counts = ctx.all_reduce(tf.distribute.ReduceOp.SUM, counts)
+        usage, perplexity = quantizer_lib.code_statistics(counts)
         self._track(
+            ok,
             loss=loss,
             l2=l2,
             logit_laplace=ll,
@@ -360,14 +397,15 @@ class ViTVQGAN(keras.Model):
             batch_perplexity=perplexity,
         )
         if self.perceptual is not None:
-            self._track(perceptual=perceptual)
+            self._track(ok, perceptual=perceptual)
         if adversarial_active:
-            self._discriminator_step(images, ops.stop_gradient(rec), replicas)
-            self._track(generator_adversarial=g_adv)
+            self._discriminator_step(images, ops.stop_gradient(rec), replicas, step, ok)
+            self._track(ok, generator_adversarial=g_adv)
         return {m.name: m.result() for m in self.metrics}
 
-    def _discriminator_step(self, real, fake, replicas):
-        d_step = self.discriminator_optimizer.iterations
+    def _discriminator_step(self, real, fake, replicas, step, generator_ok):
+        # Read once, before `apply` increments the counter: a later read would see the next step.
+        r1_step = tf.equal(self.discriminator_optimizer.iterations % self.r1_interval, 0)
         with tf.GradientTape() as tape:
             real_logits = self.discriminator(real, training=True)
             fake_logits = self.discriminator(fake, training=True)
@@ -375,24 +413,32 @@ class ViTVQGAN(keras.Model):
             total = d_loss
             if self.r1_gamma > 0:
                 r1 = tf.cond(
-                    tf.equal(d_step % self.r1_interval, 0),
+                    r1_step,
                     lambda: tf.cast(adversarial.r1_penalty(self.discriminator, real), tf.float32),
                     lambda: tf.constant(0.0, tf.float32),
                 )
                 total += 0.5 * self.r1_gamma * self.r1_interval * r1
-            scaled = total / replicas
+            scaled = self.discriminator_optimizer.scale_loss(total / replicas)
         variables = self.discriminator.trainable_variables
-        self.discriminator_optimizer.apply(tape.gradient(scaled, variables), variables)
+        # A step counts as skipped once, even when both of its updates were.
+        ok = guard.apply_if_finite(
+            self,
+            self.discriminator_optimizer,
+            tape.gradient(scaled, variables),
+            variables,
+            total,
+            step=step,
+            count=generator_ok,
+        )
         self._track(
+            ok,
             discriminator_loss=d_loss,
             logits_real=ops.mean(real_logits),
             logits_fake=ops.mean(fake_logits),
         )
         if self.r1_gamma > 0:
             # Only the steps that computed R1 count toward its mean.
-            self._trackers["r1_penalty"].update_state(
-                r1, sample_weight=tf.cast(tf.equal(d_step % self.r1_interval, 0), tf.float32)
-            )
+            guard.track(self._trackers["r1_penalty"], r1, tf.logical_and(ok, r1_step))
 
     # ----------------------------------------------------------------- summaries
     def summary_images(self, batch, max_images=8):
@@ -460,7 +506,9 @@ def load_quantizer(quantizer_dir):
     The discriminator and perceptual network are left out (they only serve training); the
     returned model is frozen (`trainable = False`).
     """
-    model_dir_lib.read_model_info(quantizer_dir, kind="quantizer")
+    model_dir_lib.check_model_dir(
+        quantizer_dir, ("quantizer",), "a prior's quantizer is a trained stage-1 ViT-VQGAN dir"
+    )
     config = model_dir_lib.read_model_config(quantizer_dir)
     config.update(
         adversarial_weight=0.0,

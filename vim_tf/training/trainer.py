@@ -10,23 +10,48 @@ A model trained here is a `keras.Model` with:
 Rerunning the same command resumes from the newest checkpoint in the model dir.
 """
 
+import glob
 import math
 import os
+import shutil
+import signal
+import threading
 import time
 
 import gin
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from vim_tf.config import gin_utils
 from vim_tf.data import input_pipeline
-from vim_tf.training import distribute, optimizers
+from vim_tf.training import distribute, guard, optimizers
 from vim_tf.utils import images as image_utils
 from vim_tf.utils import model_dir as model_dir_lib
 
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class CheckpointWriteError(OSError):
+    pass
+
+
+# The exit status after a SIGTERM (preemption) was handled: a checkpoint was saved, rerun the same
+# command to resume. Non-zero so schedulers restart the job; 143 = 128 + SIGTERM by convention.
+PREEMPTED_EXIT_CODE = 143
+
+
+class Preempted(SystemExit):
+    """Raised after SIGTERM once the checkpoint is saved; exits with PREEMPTED_EXIT_CODE."""
+
+    def __init__(self, message):
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.message = message
+
+    def __str__(self):
+        return self.message
 
 
 @gin.configurable
@@ -47,6 +72,7 @@ def build_model(strategy, **model_kwargs):
             opts[name] = optimizers.make_scoped_optimizer(name)
         model.compile(**opts)
         model.build_optimizers()
+        guard.attach(model)
     return model
 
 
@@ -77,6 +103,9 @@ def train(
     seed=0,
     jit_compile=False,
     summary_split="test",
+    nonfinite="stop",
+    max_skipped_steps=100,
+    handle_sigterm=True,
     model_kwargs=None,
 ):
     """Trains `create_model()` on `dataset_fn(split='train')` to `train_steps`, resuming if possible.
@@ -87,12 +116,19 @@ def train(
       dataset_fn: `dataset_fn(split=, training=, input_context=, seed=)` -> batches of the global
         batch size (gin binds its dataset, image size and batch size).
       train_steps, checkpoint_every, log_every, image_every: in optimizer steps.
-      steps_per_loop: steps run inside one tf.function call (default: log_every).
+      steps_per_loop: steps run inside one tf.function call (default: min(log_every, 10)). A
+        SIGTERM is acted on between loops, so this bounds the reaction time.
       keep_checkpoints: newest checkpoints kept on disk.
       seed: data-order seed (offset by the resume step, so a resumed run does not replay the
         first batches).
       jit_compile: XLA-compile the train step.
       summary_split: split whose first batch is shown in image summaries.
+      nonfinite: what a step with a non-finite loss or gradient does. Its update is never applied;
+        'stop' then ends the run with NonFiniteLossError naming the step and the last good
+        checkpoint; 'skip' goes on (the batch is dropped) and counts it in train/skipped_steps.
+      max_skipped_steps: with nonfinite='skip', more skipped steps than this in one run stop it.
+      handle_sigterm: on SIGTERM (preemption), save a checkpoint at the current step and exit
+        with status PREEMPTED_EXIT_CODE; rerunning the command resumes there.
       model_kwargs: extra keyword arguments for `create_model` (e.g. the quantizer of a prior).
 
     Returns:
@@ -104,10 +140,18 @@ def train(
         ("checkpoint_every", checkpoint_every),
         ("log_every", log_every),
         ("image_every", image_every),
+        ("keep_checkpoints", keep_checkpoints),
+        ("max_skipped_steps", max_skipped_steps),
     ):
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"train.{name} must be a positive int, got {value!r}")
-    steps_per_loop = steps_per_loop or log_every
+    if steps_per_loop is not None and (not isinstance(steps_per_loop, int) or steps_per_loop < 1):
+        raise ValueError(
+            f"train.steps_per_loop must be a positive int or None, got {steps_per_loop!r}"
+        )
+    if nonfinite not in ("stop", "skip"):
+        raise ValueError(f"train.nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
+    steps_per_loop = steps_per_loop or min(log_every, 10)
     chief = distribute.is_chief(strategy)
     out_dir = distribute.worker_dir(model_dir, strategy)
     _check_writable(out_dir)
@@ -118,10 +162,20 @@ def train(
     if hasattr(model, "describe"):
         model.describe()
     ckpt, manager = make_checkpoint_manager(model, out_dir, keep_checkpoints)
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(model.step))
-    start = int(model.step)
+    if chief:
+        _remove_stale_temporaries(out_dir)
+    # Every worker resumes from the chief's checkpoints (a non-chief's own dir is temporary),
+    # so all workers start at the same step with the same weights.
+    restored = restore_newest_usable(
+        ckpt,
+        manager
+        if chief
+        else tf.train.CheckpointManager(ckpt, model_dir, max_to_keep=None, checkpoint_name="ckpt"),
+    )
+    if restored:
+        logging.info("resumed from %s at step %d", restored, int(model.step.numpy()))
+    _check_free_space(out_dir, model)
+    start = int(model.step.numpy())
     if chief:
         info = model.model_info() if hasattr(model, "model_info") else {"kind": model.kind}
         model_dir_lib.write_model_info(model_dir, dict(info, train_steps=train_steps))
@@ -132,6 +186,7 @@ def train(
         logging.info(
             "already trained to step %d (train_steps=%d); nothing to do", start, train_steps
         )
+        distribute.remove_worker_dir(model_dir, strategy)
         return model
 
     batch_sizes = []
@@ -150,6 +205,8 @@ def train(
     boundaries = sorted(
         b for b in getattr(model, "phase_boundaries", lambda: [])() if 0 < b < train_steps
     )
+    state = guard.state_of(model)
+    stop_on_nonfinite = nonfinite == "stop"
 
     def make_loop():
         step_fn = model.train_step
@@ -158,15 +215,41 @@ def train(
 
         @tf.function
         def loop(it, num_steps):
+            skipped_before = state.skipped.read_value()
             for _ in tf.range(num_steps):
                 strategy.run(step_fn, args=(next(it),))
+                # A skipped update in 'stop' mode ends the loop at once.
+                if stop_on_nonfinite:
+                    if state.skipped > skipped_before:
+                        break
 
         return loop
 
+    def last_good():
+        return manager.latest_checkpoint or "none (no checkpoint was written yet)"
+
+    def save(step):
+        _check_finite_weights(model, step, last_good())
+        try:
+            path = manager.save(checkpoint_number=step)
+        except (tf.errors.OpError, OSError) as e:
+            raise CheckpointWriteError(
+                f"could not write the checkpoint of step {step} to {out_dir!r}: {e}. The newest "
+                f"good checkpoint is {last_good()}; free disk space or use another --model_dir, "
+                "then rerun the same command to resume"
+            ) from e
+        logging.info("saved %s", path)
+        nonlocal saved_step
+        saved_step = step
+        return path
+
+    saved_step = start if restored else None
+    sigterm = _SigtermFlag() if handle_sigterm else None
     phase = None
     loop = None
     operative_saved = False
     step = start
+    skipped_total = 0
     t_log = time.time()
     steps_since_log = 0
     logging.info(
@@ -178,76 +261,230 @@ def train(
         strategy.num_replicas_in_sync,
         model_dir,
     )
-    while step < train_steps:
-        new_phase = sum(step >= b for b in boundaries)
-        if new_phase != phase:
-            if hasattr(model, "set_phase"):
-                model.set_phase(step)
-            loop, phase = make_loop(), new_phase
-        next_stop = min(
-            train_steps,
-            (step // steps_per_loop + 1) * steps_per_loop,
-            (step // log_every + 1) * log_every,
-            (step // checkpoint_every + 1) * checkpoint_every,
-            *[b for b in boundaries if b > step],
-        )
-        loop(iterator, tf.constant(next_stop - step, tf.int32))
-        steps_since_log += next_stop - step
-        step = next_stop
-        if chief and not operative_saved:
-            # Only now has every configurable been called, so the record is complete.
-            gin_utils.save_operative_config(model_dir)
-            operative_saved = True
-        if step % log_every == 0 or step == train_steps:
-            # Trackers of a phase not yet started (e.g. the discriminator's) have no updates.
-            results = {
-                m.name: float(m.result())
-                for m in model.metrics
-                if float(getattr(m, "count", 1)) > 0
-            }
-            if not all(math.isfinite(v) for v in results.values()):
-                raise NonFiniteLossError(
-                    f"non-finite training metrics by step {step}: {results}; the last good "
-                    f"checkpoint is {manager.latest_checkpoint} (nothing was saved after it)"
-                )
-            elapsed = time.time() - t_log
-            rate = steps_since_log * global_batch / max(elapsed, 1e-9)
-            eta = (train_steps - step) * global_batch / max(rate, 1e-9)
-            with writer.as_default(step=step):
-                for k, v in results.items():
-                    tf.summary.scalar(f"train/{k}", v)
-                tf.summary.scalar("train/images_per_second", rate)
-                lr = _learning_rates(model)
-                for k, v in lr.items():
-                    tf.summary.scalar(f"train/learning_rate_{k}", v)
-            shown = " ".join(f"{k}={v:.4g}" for k, v in results.items())
-            logging.info(
-                "step %d/%d (%d%%) | %s | %.0f img/s | eta %s",
-                step,
+    try:
+        while step < train_steps:
+            new_phase = sum(step >= b for b in boundaries)
+            if new_phase != phase:
+                if hasattr(model, "set_phase"):
+                    model.set_phase(step)
+                loop, phase = make_loop(), new_phase
+            next_stop = min(
                 train_steps,
-                100 * step // train_steps,
-                shown,
-                rate,
-                _format_eta(eta),
+                (step // steps_per_loop + 1) * steps_per_loop,
+                (step // log_every + 1) * log_every,
+                (step // checkpoint_every + 1) * checkpoint_every,
+                *[b for b in boundaries if b > step],
             )
-            for m in model.metrics:
-                m.reset_state()
-            t_log, steps_since_log = time.time(), 0
-        if (step % image_every == 0 or step == train_steps) and hasattr(model, "summary_images"):
-            grids = model.summary_images(summary_batch)
-            with writer.as_default(step=step):
-                for k, grid in grids.items():
-                    tf.summary.image(f"images/{k}", grid, step=step)
-            if chief:
-                for k, grid in grids.items():
-                    image_utils.save_png(os.path.join(model_dir, f"{k}.png"), grid[0], scale=2)
-        if step % checkpoint_every == 0 or step == train_steps:
-            path = manager.save(checkpoint_number=step)
-            logging.info("saved %s", path)
+            loop(iterator, tf.constant(next_stop - step, tf.int32))
+            # Skipped updates do not advance the optimizer: the step is what was applied.
+            new_step = int(model.step.numpy())
+            steps_since_log += new_step - step
+            step = new_step
+            skipped = int(state.skipped.numpy())
+            if skipped > skipped_total:
+                first = int(state.first_step.numpy()) + 1
+                if stop_on_nonfinite:
+                    raise NonFiniteLossError(
+                        f"non-finite loss or gradient at step {first} (its update was not "
+                        f"applied; train.nonfinite='skip' would skip such steps); the last good "
+                        f"checkpoint is {last_good()} and nothing was saved after it"
+                    )
+                logging.warning(
+                    "skipped %d step(s) with a non-finite loss or gradient (first at step %d; "
+                    "%d in this run)",
+                    skipped - skipped_total,
+                    first,
+                    skipped,
+                )
+                if skipped > max_skipped_steps:
+                    raise NonFiniteLossError(
+                        f"{skipped} steps had a non-finite loss or gradient by step {step}, more "
+                        f"than train.max_skipped_steps={max_skipped_steps}; the last good "
+                        f"checkpoint is {last_good()}"
+                    )
+                skipped_total = skipped
+                state.first_step.assign(-1)
+            if chief and not operative_saved:
+                # Only now has every configurable been called, so the record is complete.
+                gin_utils.save_operative_config(model_dir)
+                operative_saved = True
+            if sigterm is not None and _agreed(strategy, sigterm.is_set()):
+                path = last_good() if saved_step == step else save(step)
+                message = (
+                    f"SIGTERM: stopped at step {step}/{train_steps} with checkpoint {path}; "
+                    "rerun the same command to resume from it"
+                )
+                logging.warning(message)
+                raise Preempted(message)
+            if step != next_stop:
+                continue  # skipped steps: the rest of this stretch runs first
+            if step % log_every == 0 or step == train_steps:
+                _log(
+                    model,
+                    writer,
+                    step,
+                    train_steps,
+                    global_batch,
+                    steps_since_log,
+                    time.time() - t_log,
+                    skipped_total,
+                    last_good,
+                )
+                t_log, steps_since_log = time.time(), 0
+            if (step % image_every == 0 or step == train_steps) and hasattr(
+                model, "summary_images"
+            ):
+                grids = model.summary_images(summary_batch)
+                with writer.as_default(step=step):
+                    for k, grid in grids.items():
+                        tf.summary.image(f"images/{k}", grid, step=step)
+                if chief:
+                    for k, grid in grids.items():
+                        image_utils.save_png(os.path.join(model_dir, f"{k}.png"), grid[0], scale=2)
+            if step % checkpoint_every == 0 or step == train_steps:
+                save(step)
+            writer.flush()
+    finally:
+        if sigterm is not None:
+            sigterm.uninstall()
         writer.flush()
     if chief:
         gin_utils.save_operative_config(model_dir)
+    distribute.remove_worker_dir(model_dir, strategy)
     return model
+
+
+def _log(model, writer, step, train_steps, global_batch, steps, elapsed, skipped, last_good):
+    # Trackers of a phase not yet started (e.g. the discriminator's) have no updates.
+    # convert_to_tensor: a metric's count under a multi-replica strategy is a sync-on-read
+    # variable (float() refuses it); reading it here sums the replicas.
+    results = {
+        m.name: float(m.result())
+        for m in model.metrics
+        if float(tf.convert_to_tensor(getattr(m, "count", 1))) > 0
+    }
+    if not all(math.isfinite(v) for v in results.values()):
+        raise NonFiniteLossError(
+            f"non-finite training metrics by step {step}: {results}; the last good "
+            f"checkpoint is {last_good()} (nothing was saved after it)"
+        )
+    rate = steps * global_batch / max(elapsed, 1e-9)
+    eta = (train_steps - step) * global_batch / max(rate, 1e-9)
+    with writer.as_default(step=step):
+        for k, v in results.items():
+            tf.summary.scalar(f"train/{k}", v)
+        tf.summary.scalar("train/images_per_second", rate)
+        tf.summary.scalar("train/skipped_steps", skipped)
+        for k, v in _learning_rates(model).items():
+            tf.summary.scalar(f"train/learning_rate_{k}", v)
+    shown = " ".join(f"{k}={v:.4g}" for k, v in results.items())
+    logging.info(
+        "step %d/%d (%d%%) | %s | %.0f img/s | eta %s%s",
+        step,
+        train_steps,
+        100 * step // train_steps,
+        shown,
+        rate,
+        _format_eta(eta),
+        f" | skipped {skipped}" if skipped else "",
+    )
+    for m in model.metrics:
+        m.reset_state()
+
+
+class _SigtermFlag:
+    """Records SIGTERM (the main thread's handler); the trainer acts on it between loops."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint at the end of this loop")
+        self._event.set()
+
+    def is_set(self):
+        return self._event.is_set()
+
+    def uninstall(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def _agreed(strategy, flag):
+    """True when any worker saw `flag` (workers must stop at the same step)."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        value = strategy.reduce(
+            tf.distribute.ReduceOp.SUM,
+            strategy.run(lambda: tf.constant(1.0 if flag else 0.0)),
+            axis=None,
+        )
+        return float(value) > 0
+    return flag
+
+
+def restore_newest_usable(ckpt, manager):
+    """Restores the newest checkpoint that reads back whole; returns its path (None: none).
+
+    A checkpoint that fails to read (a file damaged after it was written) is reported and the
+    next older one is tried, so one bad file never strands a run.
+    """
+    for path in reversed(manager.checkpoints):
+        try:
+            ckpt.restore(path).assert_existing_objects_matched()
+            return path
+        except Exception as e:  # noqa: BLE001 - any read failure: try the next older one
+            logging.error("checkpoint %s is unreadable (%s); trying the one before it", path, e)
+    if manager.checkpoints:
+        raise ValueError(
+            f"none of the checkpoints in {manager.directory!r} could be read: "
+            f"{manager.checkpoints}; move them away to start afresh"
+        )
+    return None
+
+
+def _remove_stale_temporaries(directory):
+    """Removes `ckpt-N_temp` dirs: a save killed midway leaves them; no checkpoint refers to them."""
+    for path in glob.glob(os.path.join(directory, "ckpt-*_temp")):
+        if os.path.isdir(path):
+            logging.info("removing %s (left by an interrupted checkpoint write)", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _checkpoint_bytes(model):
+    total = 0
+    for name in model.optimizer_names:
+        opt = getattr(model, f"{name}_optimizer", None)
+        if opt is not None:
+            total += sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in opt.variables)
+    total += sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in model.variables)
+    return total
+
+
+def _check_free_space(directory, model):
+    """Fails before training when the disk cannot hold two checkpoints."""
+    need = 2 * _checkpoint_bytes(model)
+    free = shutil.disk_usage(directory).free
+    if free < need:
+        raise CheckpointWriteError(
+            f"{directory!r} has {free / 2**20:.1f} MiB free, but a checkpoint of this model takes "
+            f"{need / 2 / 2**20:.1f} MiB and two must fit (one being written while the last "
+            "good one is kept): free disk space or use another --model_dir"
+        )
+
+
+def _check_finite_weights(model, step, last_good):
+    bad = [
+        v.path for v in model.trainable_variables if not bool(tf.reduce_all(tf.math.is_finite(v)))
+    ]
+    if bad:
+        raise NonFiniteLossError(
+            f"weights became non-finite by step {step} ({len(bad)} variables, e.g. {bad[:3]}); "
+            f"not saving them. The last good checkpoint is {last_good}"
+        )
 
 
 def _learning_rates(model):
