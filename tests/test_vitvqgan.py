@@ -168,11 +168,11 @@ class ViTVQGANTest(TestCase):
                 adversarial_weight=0.0,
                 encoder={"num_layers": 1, "num_heads": 2, "hidden_dim": 16},
             )
-        with self.assertRaisesRegex(ValueError, "not divisible by patch_size 8"):
+        with self.assertRaisesRegex(ValueError, "not divisible by ViTVQGAN.patch_size=8"):
             ViTVQGAN(
                 image_size=20, patch_size=8, encoder=STACK, decoder=STACK, adversarial_weight=0.0
             )
-        with self.assertRaisesRegex(ValueError, "codebook_size must be >= 1, got 0"):
+        with self.assertRaisesRegex(ValueError, "codebook_size must be an int >= 1, got 0"):
             ViTVQGAN(
                 image_size=16,
                 patch_size=4,

@@ -7,7 +7,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from vim_tf.utils import cli  # noqa: E402
 
 flags.DEFINE_string("output_dir", "runs/demo", "Where every stage's model dir goes.")
 flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings for every stage.")
@@ -22,4 +24,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

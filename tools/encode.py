@@ -8,7 +8,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from vim_tf.utils import cli  # noqa: E402
+from vim_tf.utils import model_dir as model_dir_lib  # noqa: E402
 
 flags.DEFINE_string("quantizer_dir", None, "A trained quantizer model dir.")
 flags.DEFINE_string("output_dir", None, "Where the token shards go.")
@@ -20,6 +23,12 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    # Checked before TensorFlow loads: a wrong dir fails in a fraction of a second.
+    model_dir_lib.check_model_dir(
+        FLAGS.quantizer_dir,
+        ("quantizer",),
+        "tools/encode.py encodes images with a trained quantizer (a ViT-VQGAN model dir)",
+    )
     from vim_tf.data import tokens
 
     counts = tokens.encode_splits(
@@ -29,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

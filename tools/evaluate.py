@@ -9,6 +9,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from absl import app, flags  # noqa: E402
 
+from vim_tf.utils import cli  # noqa: E402
+from vim_tf.utils import model_dir as model_dir_lib  # noqa: E402
+
 flags.DEFINE_string("model_dir", None, "A trained model dir (holds config.gin and ckpt-*).")
 flags.DEFINE_string(
     "saved_model",
@@ -44,6 +47,15 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    if FLAGS.model_dir and not FLAGS.saved_model:
+        # Checked before TensorFlow loads: a wrong dir fails in a fraction of a second.
+        # A watched dir may not hold a checkpoint yet.
+        model_dir_lib.check_model_dir(
+            FLAGS.model_dir,
+            model_dir_lib.KINDS,
+            "tools/evaluate.py scores quantizers, priors and classifiers",
+            need_checkpoint=not FLAGS.watch,
+        )
     from vim_tf.eval import evaluator
 
     if FLAGS.saved_model:
@@ -80,4 +92,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -8,7 +8,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from vim_tf.utils import cli  # noqa: E402
+from vim_tf.utils import model_dir as model_dir_lib  # noqa: E402
 
 flags.DEFINE_string(
     "model_dir", None, "A trained quantizer, prior or classifier model dir (holds ckpt-*)."
@@ -25,10 +28,16 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    # Checked before TensorFlow loads: a wrong dir fails in a fraction of a second.
+    model_dir_lib.check_model_dir(
+        FLAGS.model_dir,
+        model_dir_lib.KINDS,
+        "tools/export.py exports quantizers, priors and classifiers",
+    )
     from vim_tf.export import exporter
 
     print(exporter.export_model_dir(FLAGS.model_dir, FLAGS.export_dir))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

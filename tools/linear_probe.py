@@ -8,7 +8,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from vim_tf.utils import cli  # noqa: E402
+from vim_tf.utils import model_dir as model_dir_lib  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "A trained prior's model dir (holds config.gin, ckpt-*).")
 flags.DEFINE_string("output", None, "Where the probe JSON goes (the plot goes beside it).")
@@ -19,10 +22,14 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    # Checked before TensorFlow loads: a wrong dir fails in a fraction of a second.
+    model_dir_lib.check_model_dir(
+        FLAGS.model_dir, ("prior",), "tools/linear_probe.py probes a prior (a VIM model dir)"
+    )
     from vim_tf.eval import linear_probe
 
     linear_probe.run_linear_probe(FLAGS.model_dir, FLAGS.output, FLAGS.layers)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

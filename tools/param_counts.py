@@ -7,7 +7,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from vim_tf.utils import cli  # noqa: E402
 
 flags.DEFINE_list(
     "configs", ["vitvqgan_ss", "vitvqgan_bb", "vitvqgan_sl"], "Model configs under gin/models/."
@@ -31,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

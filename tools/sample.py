@@ -9,7 +9,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from vim_tf.utils import cli  # noqa: E402
+from vim_tf.utils import model_dir as model_dir_lib  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "A trained prior's model dir.")
 flags.DEFINE_string("output_dir", None, "Where samples.npz and grid.png go.")
@@ -37,6 +40,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    # Checked before TensorFlow loads: a wrong dir fails in a fraction of a second.
+    model_dir_lib.check_model_dir(
+        FLAGS.model_dir, ("prior",), "tools/sample.py samples from a prior (a VIM model dir)"
+    )
     from vim_tf.eval import generate
 
     generate.generate(
@@ -50,8 +57,10 @@ def main(argv):
         FLAGS.cfg_scale,
         FLAGS.seed,
         FLAGS.batch_size,
+        acceptance_rate=FLAGS.acceptance_rate,
+        classifier=FLAGS.classifier,
     )
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

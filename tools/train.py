@@ -7,7 +7,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from vim_tf.utils import cli  # noqa: E402
+from vim_tf.utils import model_dir as model_dir_lib  # noqa: E402
 
 flags.DEFINE_multi_string("gin_file", [], "gin config files (relative to cwd or gin/).")
 flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'TRAIN_STEPS = 200'.")
@@ -23,6 +26,13 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    if FLAGS.quantizer_dir:
+        # Checked before TensorFlow loads: a wrong dir fails in a fraction of a second.
+        model_dir_lib.check_model_dir(
+            FLAGS.quantizer_dir,
+            ("quantizer",),
+            "--quantizer_dir must be a trained stage-1 model dir (a ViT-VQGAN)",
+        )
     from vim_tf.training import train_lib
 
     train_lib.run(
@@ -36,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

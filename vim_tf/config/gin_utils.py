@@ -8,6 +8,7 @@ that act on a trained model re-read `config.gin`, so users never repeat `--gin_f
 import datetime
 import importlib
 import os
+import re
 import shlex
 import sys
 
@@ -35,6 +36,7 @@ _CONFIGURABLE_MODULES = (
     "vim_tf.models.vim",
     "vim_tf.models.vitvqgan",
     "vim_tf.training.optimizers",
+    "vim_tf.training.precision",
     "vim_tf.training.trainer",
 )
 
@@ -70,10 +72,46 @@ def parse(gin_files=(), gin_bindings=(), finalize=True):
             )
     logging.info("gin files: %s", list(gin_files))
     logging.info("gin bindings: %s", list(gin_bindings))
-    gin.parse_config_files_and_bindings(
-        list(gin_files), list(gin_bindings), finalize_config=finalize
-    )
+    try:
+        gin.parse_config_files_and_bindings(
+            list(gin_files), list(gin_bindings), finalize_config=finalize
+        )
+    except ValueError as e:
+        raise _with_valid_parameters(e) from e
     check_keras_bindings()
+
+
+_UNKNOWN_PARAMETER = re.compile(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'")
+
+
+def _with_valid_parameters(error):
+    """gin's unknown-parameter error, plus the parameters the configurable does take."""
+    import inspect
+
+    message = str(error)
+    match = _UNKNOWN_PARAMETER.search(message)
+    if not match:
+        return error
+    configurable = gin.config._REGISTRY.get_match(match.group(1))  # pylint: disable=protected-access
+    if configurable is None:
+        return error
+    fn = configurable.wrapped
+    try:
+        sig = inspect.signature(fn.__init__ if inspect.isclass(fn) else fn)
+    except (TypeError, ValueError):
+        return error
+    hidden = set(configurable.denylist or ()) | {"self"}
+    valid = sorted(
+        name
+        for name, p in sig.parameters.items()
+        if name not in hidden and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    )
+    if configurable.allowlist:
+        valid = [name for name in valid if name in configurable.allowlist]
+    first, _, rest = message.partition("\n")
+    return ValueError(
+        f"{first} Valid parameters of {match.group(1)}: {valid}" + (f"\n{rest}" if rest else "")
+    )
 
 
 # Keyword arguments every Keras layer accepts through **kwargs.
@@ -102,7 +140,9 @@ def check_keras_bindings():
         valid = {n for n in sig.parameters if n not in ("self", "kwargs")} | _KERAS_KWARGS
         for name in params:
             if name not in valid:
-                where = f"{scope}/{selector}" if scope else selector
+                # The short name users write (`ViTVQGAN`), not gin's full module path.
+                short = configurable.name or selector
+                where = f"{scope}/{short}" if scope else short
                 raise ValueError(
                     f"unknown gin parameter {where}.{name}: {cls.__name__} takes "
                     f"{sorted(valid - _KERAS_KWARGS)}"

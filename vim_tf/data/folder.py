@@ -1,8 +1,10 @@
 """A folder of image files as a dataset (`folder:<path>`).
 
 Files: image files are found recursively by extension (.jpg .jpeg .png .bmp .gif .webp .tif .tiff,
-case-insensitive). Hidden files and folders (name starting with ".") are skipped. Other files are
-ignored, counted and named in the log.
+case-insensitive). Hidden folders (name starting with ".", e.g. .git) are not entered. Hidden
+files (.DS_Store, macOS "._photo.jpg" resource forks, which carry an image extension but are no
+image) and files without an image extension are ignored, counted (`num_ignored`) and named in the
+log.
 
 Labels: if the top level of a split folder holds only subfolders (no image files), each subfolder is
 a class: sorted subfolder names (the union over all split folders, so train and test agree) get
@@ -24,7 +26,11 @@ Decoding (PIL inside `tf.numpy_function`, to uint8 RGB [H, W, 3]):
     * 16-bit integer images (modes I;16*, I): value / 257 (65535 -> 255); float images (mode F)
       are taken to be in [0, 1].
     * A corrupt, truncated or unreadable file is skipped, never fatal: it is logged once (path and
-      reason) and counted in `FolderSource.num_skipped` / `FolderSource.skipped`.
+      reason) and counted in `FolderSource.num_skipped` / `FolderSource.skipped`. So is an image
+      PIL refuses as a decompression bomb (over 2 x `Image.MAX_IMAGE_PIXELS`, ~179M pixels).
+    * `make_dataset` checks that each split it reads has at least one decodable file: a split of
+      only unreadable (or no) image files raises ValueError naming a file and its error, instead
+      of a training pipeline that ends at once or an evaluation over nothing.
 """
 
 from __future__ import annotations
@@ -95,10 +101,9 @@ def _list_tree(root: str) -> tuple[list[str], list[str]]:
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel_dir = os.path.relpath(dirpath, root)
         for name in filenames:
-            if name.startswith("."):
-                continue
             rel = name if rel_dir == "." else os.path.join(rel_dir, name)
-            (images if is_image_file(name) else others).append(rel)
+            usable = is_image_file(name) and not name.startswith(".")
+            (images if usable else others).append(rel)
     return sorted(images), sorted(others)
 
 
@@ -202,7 +207,7 @@ class FolderSource:
         )
         if ignored:
             logging.warning(
-                "folder:%s: ignored %d files without an image extension (e.g. %s)",
+                "folder:%s: ignored %d hidden files or files without an image extension (e.g. %s)",
                 self.path,
                 len(ignored),
                 ", ".join(ignored[:3]),
@@ -262,6 +267,30 @@ class FolderSource:
                 )
             return np.zeros((0, 0, 3), np.uint8), False
 
+    def _require_decodable(self, split: str, paths: list[str]) -> None:
+        """Raises ValueError unless one of `paths` decodes (tried in order, stops at a good one)."""
+        for path in paths:
+            if path not in self.skipped:
+                _, ok = self._decode_or_skip(path.encode("utf-8", "surrogateescape"))
+                if ok:
+                    return
+        where = f"split {split!r} of folder dataset {self.path!r}"
+        if not paths:
+            raise ValueError(
+                f"{where} holds no image files (splits: {self.split_sizes()}): add images or "
+                "use another split"
+            )
+        reason = self.skipped[paths[0]]
+        raise ValueError(
+            f"none of the {len(paths)} image files of {where} can be decoded (e.g. {paths[0]}: "
+            f"{reason}); {self.num_ignored} other files were ignored. Nothing to read: check "
+            "that the files are images"
+        )
+
+    def split_sizes(self) -> dict[str, int]:
+        """{split: number of image files} (files that later fail to decode are included)."""
+        return {split: len(paths) for split, (paths, _) in self._files.items()}
+
     def as_dataset(
         self,
         split: str,
@@ -270,6 +299,7 @@ class FolderSource:
         shard_index: int = 0,
         shuffle_files: bool = False,
         seed: int | None = None,
+        require_examples: bool = False,
     ) -> tf.data.Dataset:
         """Decoded examples of one split; unreadable files are filtered out.
 
@@ -280,11 +310,17 @@ class FolderSource:
             shuffle_files: shuffle the file list each iteration (a full shuffle: the sorted list is
                 grouped by class, which a bounded example shuffle buffer would not undo).
             seed: seed of the file shuffle.
+            require_examples: check now that at least one file of this shard decodes (files are
+                tried in order up to the first good one), so a split of only unreadable files
+                fails here with a clear ValueError instead of yielding nothing (a training
+                pipeline would end, an evaluation would average over no images).
 
         Returns:
             Dataset of {"image": uint8 [H, W, 3], "label": int32 []}.
         """
         paths, labels = self.files(split)
+        if require_examples:
+            self._require_decodable(split, paths[shard_index::num_shards])
         ds = tf.data.Dataset.from_tensor_slices(
             (tf.constant(paths, tf.string), tf.constant(labels, tf.int32))
         )

@@ -338,6 +338,8 @@ def make_dataset(
             shard_index=pipeline_id,
             shuffle_files=training,
             seed=seed,
+            # A split of only unreadable files fails now, naming a file and its error.
+            require_examples=True,
         )
 
     def prepare(example):

@@ -102,10 +102,18 @@ def make_token_dataset(
         )
     n = info["grid_size"] ** 2
     per_replica = batch_size
-    ds = tf.data.TFRecordDataset(files)
+    pipelines = input_context.num_input_pipelines if input_context is not None else 1
     if input_context is not None:
         per_replica = input_context.get_per_replica_batch_size(batch_size)
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if pipelines > 1 and len(files) >= pipelines:
+        # Each input pipeline (worker) reads only its own files.
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        ds = ds.shard(pipelines, input_context.input_pipeline_id)
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=1)
+    else:
+        ds = tf.data.TFRecordDataset(files)
+        if pipelines > 1:  # fewer files than pipelines: every pipeline keeps every n-th record
+            ds = ds.shard(pipelines, input_context.input_pipeline_id)
     spec = {
         "tokens": tf.io.FixedLenFeature([n], tf.int64),
         "label": tf.io.FixedLenFeature([], tf.int64),

@@ -12,13 +12,19 @@ from vim_tf.utils import images as image_utils
 from vim_tf.utils import model_dir as model_dir_lib
 
 
-def load_trained_model(model_dir, checkpoint=None):
+def load_trained_model(model_dir, checkpoint=None, kinds=model_dir_lib.KINDS, purpose=None):
     """Re-parses the model dir's config, builds the model and restores its newest checkpoint.
+
+    Args:
+      kinds, purpose: accepted model kinds, checked (with the dir itself and its checkpoint)
+        before anything is built; see `model_dir.check_model_dir`.
 
     Returns:
       (model, model_info dict, checkpoint path).
     """
-    info = model_dir_lib.read_model_info(model_dir)
+    info = model_dir_lib.check_model_dir(
+        model_dir, kinds, purpose, need_checkpoint=checkpoint is None
+    )
     gin_utils.load_model_dir_config(model_dir)
     kwargs = {"quantizer_dir": info["quantizer_dir"]} if info.get("quantizer_dir") else {}
     model = trainer.create_model(**kwargs)
@@ -48,7 +54,9 @@ def load_classifier(classifier_dir):
     """A trained `ImageClassifier` from its model dir (rebuilt from its Keras config)."""
     from vim_tf.models.classifier import ImageClassifier
 
-    model_dir_lib.read_model_info(classifier_dir, kind="classifier")
+    model_dir_lib.check_model_dir(
+        classifier_dir, ("classifier",), "the scoring network must be a classifier model dir"
+    )
     model = ImageClassifier.from_config(model_dir_lib.read_model_config(classifier_dir))
     model.build()
     model_dir_lib.restore_latest(model, classifier_dir)
@@ -87,7 +95,9 @@ def evaluate(
       floor_split: also report `fid_floor`, the FID of this real split against the test split.
       checkpoint: a specific checkpoint path (default: the newest).
     """
-    model, info, path = load_trained_model(model_dir, checkpoint)
+    model, info, path = load_trained_model(
+        model_dir, checkpoint, purpose="evaluate.py scores quantizers, priors and classifiers"
+    )
     kind = info.get("kind")
     network = load_scoring_network(classifier) if classifier else None
     if kind == "quantizer":

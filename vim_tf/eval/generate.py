@@ -116,7 +116,9 @@ def generate(
     `classifier` keeps the best fraction per class (the achieved rate is logged and returned
     as `acceptance_rate` in the arrays dict, not saved in the npz).
     """
-    model, info, _ = evaluator.load_trained_model(model_dir)
+    model, info, _ = evaluator.load_trained_model(
+        model_dir, kinds=("prior",), purpose="sampling needs a prior (a VIM model dir)"
+    )
     if info.get("kind") != "prior":
         raise ValueError(
             f"{model_dir!r} holds a {info.get('kind')!r} model; sampling needs a "

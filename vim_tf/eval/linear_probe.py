@@ -373,7 +373,9 @@ def run_linear_probe(model_dir, output, layers=None):
       `num_train`, `num_test`, `num_classes`, `feature_dim`, `train_split`, `test_split`,
       `prior` (the model dir), `checkpoint`, `step`, `plot` (the PNG path).
     """
-    model, info, path = evaluator.load_trained_model(model_dir)
+    model, info, path = evaluator.load_trained_model(
+        model_dir, kinds=("prior",), purpose="linear_probe.py probes a prior (a VIM model dir)"
+    )
     if info.get("kind") != "prior":
         raise ValueError(
             f"{model_dir!r} holds a {info.get('kind')!r} model; linear_probe.py probes a prior"

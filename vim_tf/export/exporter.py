@@ -273,7 +273,9 @@ def load_model(model_dir):
     Returns:
       (model, model_info dict, checkpoint path).
     """
-    info = model_dir_lib.read_model_info(model_dir)
+    info = model_dir_lib.check_model_dir(
+        model_dir, model_dir_lib.KINDS, "export.py exports quantizers, priors and classifiers"
+    )
     kind = info.get("kind")
     if kind == "quantizer":
         from vim_tf.models.vitvqgan import ViTVQGAN

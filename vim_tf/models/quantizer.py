@@ -121,12 +121,17 @@ class VectorQuantizer(keras.layers.Layer):
         self.in_proj.build(input_shape)
         self.out_proj.build(tuple(input_shape[:-1]) + (self.code_dim,))
         # The codebook stays float32 under mixed precision: distances between nearly-equal unit
-        # vectors lose their ordering in bfloat16.
+        # vectors lose their ordering in bfloat16. autocast=False: reads inside `call` must not
+        # be cast to the bfloat16/float16 compute dtype.
         self.codebook = self.add_weight(
             name="codebook",
             shape=(self.codebook_size, self.code_dim),
             initializer=keras.initializers.RandomNormal(stddev=1.0),
             dtype="float32",
+            autocast=False,
+            # Restarts assign it inside the replica context (every replica computes the same
+            # value from the gathered global batch); the first replica's write is kept.
+            aggregation="only_first_replica",
         )
         # Moving average of how often each code is chosen per step (restart bookkeeping; starts
         # at 0 so the first restart seeds every unused code from data).
@@ -136,6 +141,8 @@ class VectorQuantizer(keras.layers.Layer):
             initializer="zeros",
             trainable=False,
             dtype="float32",
+            autocast=False,
+            aggregation="only_first_replica",
         )
 
     def normalized_codebook(self):
@@ -180,7 +187,7 @@ class VectorQuantizer(keras.layers.Layer):
             "counts": counts,
         }
 
-    def restart(self, z, counts, step):
+    def restart(self, z, counts, step, enabled=True):
         """Updates the use average and re-seeds dead codes from this batch's lookup vectors.
 
         Under a multi-replica strategy every replica gathers the global batch and draws the same
@@ -190,6 +197,9 @@ class VectorQuantizer(keras.layers.Layer):
           z: [B, N, d] float32 lookup vectors of this replica's batch.
           counts: [K] code counts of this replica's batch.
           step: int scalar, the training step (random seed).
+          enabled: bool (tensor): False leaves the codebook and the use average unchanged (a
+            skipped step). A flag rather than a `tf.cond` around the call: the cross-replica
+            gather may not sit inside a conditional branch.
 
         Returns:
           number of codes re-seeded (float32 scalar).
@@ -200,14 +210,15 @@ class VectorQuantizer(keras.layers.Layer):
             z = ctx.all_gather(z, axis=0)
             counts = ctx.all_reduce(tf.distribute.ReduceOp.SUM, counts)
         ema = self.dead_code_decay * self.usage_ema + (1.0 - self.dead_code_decay) * counts
-        dead = ema < self.dead_code_threshold
+        enabled = tf.convert_to_tensor(enabled, tf.bool)
+        dead = tf.logical_and(ema < self.dead_code_threshold, enabled)
         seed = tf.stack([tf.cast(step, tf.int32), tf.constant(7, tf.int32)])
         pick = tf.random.stateless_uniform(
             [self.codebook_size], seed, maxval=tf.shape(z)[0], dtype=tf.int32
         )
         self.codebook.assign(tf.where(dead[:, None], tf.gather(z, pick), self.codebook))
         # A re-seeded code gets a grace period of one use per step before it can die again.
-        self.usage_ema.assign(tf.where(dead, 1.0, ema))
+        self.usage_ema.assign(tf.where(dead, 1.0, tf.where(enabled, ema, self.usage_ema)))
         return tf.reduce_sum(tf.cast(dead, tf.float32))
 
     def get_config(self):

@@ -81,9 +81,13 @@ class Attention(keras.layers.Layer):
     def split_heads(self, x):
         """[B, N, 3D] -> q, k, v each [B, heads, N, head_dim]."""
         n = ops.shape(x)[1]
-        x = ops.reshape(x, (-1, n, 3, self.num_heads, self.head_dim))
-        x = ops.transpose(x, (2, 0, 3, 1, 4))
-        return x[0], x[1], x[2]
+        # A split (gradient: one concat), not three slices of a stacked tensor: each slice's
+        # gradient is a full-size zero tensor with one third filled in (StridedSliceGrad was a
+        # fifth of the stage-1 train step on CPU).
+        return tuple(
+            ops.transpose(ops.reshape(t, (-1, n, self.num_heads, self.head_dim)), (0, 2, 1, 3))
+            for t in ops.split(x, 3, axis=-1)
+        )
 
     def project_qkv(self, x):
         return ops.matmul(x, self.qkv_kernel) + self.qkv_bias
@@ -353,7 +357,10 @@ class ViTDecoder(_ViTStack):
             image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim, dropout, **kwargs
         )
         self.out_channels = out_channels
-        self.to_pixels = keras.layers.Dense(patch_size**2 * out_channels, name="to_pixels")
+        # Output head in float32 under mixed precision (the logit-laplace location/log-scale).
+        self.to_pixels = keras.layers.Dense(
+            patch_size**2 * out_channels, name="to_pixels", dtype="float32"
+        )
 
     def build(self, input_shape):
         n = self.grid_size**2

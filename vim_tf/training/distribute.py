@@ -56,9 +56,32 @@ def is_chief(strategy):
     return False
 
 
+WORKERS_DIR = ".workers"
+
+
 def worker_dir(model_dir, strategy):
-    """Where this worker writes: the model dir for the chief, a private temp dir otherwise."""
+    """Where this worker writes: the model dir for the chief, a private temp dir otherwise.
+
+    Every worker must take part in saving a checkpoint (the save reads synchronized variables
+    collectively), so the others write theirs to a temporary dir; `remove_worker_dir` deletes it
+    when training ends. Nobody restores from it: every worker resumes from the chief's
+    checkpoints in the model dir.
+    """
     if is_chief(strategy):
         return model_dir
     resolver = strategy.cluster_resolver
-    return os.path.join(model_dir, ".workers", f"{resolver.task_type}_{resolver.task_id}")
+    return os.path.join(model_dir, WORKERS_DIR, f"{resolver.task_type}_{resolver.task_id}")
+
+
+def remove_worker_dir(model_dir, strategy):
+    """Deletes a non-chief worker's temporary dir (and `.workers` once empty); no-op on the chief."""
+    if is_chief(strategy):
+        return
+    import shutil
+
+    path = worker_dir(model_dir, strategy)
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        os.rmdir(os.path.join(model_dir, WORKERS_DIR))  # only succeeds when empty
+    except OSError:
+        pass

@@ -10,6 +10,8 @@ import gin
 import keras
 import tensorflow as tf
 
+from vim_tf.training import precision
+
 _NO_DECAY = ("bias", "gamma", "beta", "codebook", "embedding", "posemb", "scale")
 
 
@@ -106,6 +108,9 @@ def make_optimizer(
     codebooks, embeddings and positional embeddings are excluded from decay by default (decaying
     the l2-normalized codebook would only shrink vectors whose length does not matter).
 
+    Under the 'mixed_float16' dtype policy (`precision.set_precision`) the optimizer comes wrapped
+    in a `keras.optimizers.LossScaleOptimizer`.
+
     Args:
       learning_rate: a float or a schedule (e.g. `@WarmupCosine()`).
     """
@@ -119,8 +124,13 @@ def make_optimizer(
     if weight_decay > 0:
         opt = keras.optimizers.AdamW(weight_decay=weight_decay, **kwargs)
         opt.exclude_from_weight_decay(var_names=list(exclude_from_weight_decay))
-        return opt
-    return keras.optimizers.Adam(**kwargs)
+    else:
+        opt = keras.optimizers.Adam(**kwargs)
+    if precision.needs_loss_scaling():
+        # float16 gradients underflow: dynamic loss scaling (the train steps multiply their loss
+        # by `optimizer.scale_loss`, `apply` unscales and skips steps with non-finite gradients).
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
 
 
 def make_scoped_optimizer(scope):

@@ -1,13 +1,15 @@
 """What `tools/train.py` does: parse gin, pick the strategy, train."""
 
+import inspect
 import os
 
 import gin
+import keras
 from absl import logging
 
 from vim_tf.config import gin_utils
 from vim_tf.data import tokens
-from vim_tf.training import distribute, trainer
+from vim_tf.training import distribute, precision, trainer
 from vim_tf.utils import model_dir as model_dir_lib
 
 
@@ -28,15 +30,29 @@ def run(model_dir, gin_files=(), gin_bindings=(), strategy="default", tpu=None, 
                 "--gin_file=gin/experiments/digits_vitvqgan.gin)"
             )
     gin_utils.parse(gin_files, gin_bindings)
-    strat = distribute.get_strategy(strategy, tpu)
-    model_kwargs = {}
-    if quantizer_dir:
-        _check_same_quantizer(model_dir, quantizer_dir)
-        token_dir = _bound("make_token_dataset.token_dir")
-        if token_dir:
-            tokens.check_token_dir(token_dir, model_dir_lib.read_model_info(quantizer_dir))
-        model_kwargs["quantizer_dir"] = os.path.abspath(quantizer_dir)
-    return trainer.train(model_dir, strategy=strat, model_kwargs=model_kwargs)
+    # Before the strategy and the model exist: layers take the global dtype policy when created.
+    # The previous policy comes back afterwards (the returned model keeps its layers' policies),
+    # so evaluation in the same process (the main job) runs in float32.
+    previous = keras.config.dtype_policy()
+    precision.set_precision()
+    try:
+        strat = distribute.get_strategy(strategy, tpu)
+        model_kwargs = {}
+        if quantizer_dir:
+            _check_same_quantizer(model_dir, quantizer_dir)
+            model_dir_lib.check_model_dir(
+                quantizer_dir,
+                ("quantizer",),
+                "--quantizer_dir must be a trained stage-1 model dir (a ViT-VQGAN)",
+            )
+            token_dir = _bound("make_token_dataset.token_dir")
+            if token_dir:
+                tokens.check_token_dir(token_dir, model_dir_lib.read_model_info(quantizer_dir))
+            model_kwargs["quantizer_dir"] = os.path.abspath(quantizer_dir)
+        _check_config(strat, quantizer_dir)
+        return trainer.train(model_dir, strategy=strat, model_kwargs=model_kwargs)
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _check_same_quantizer(model_dir, quantizer_dir):
@@ -53,6 +69,92 @@ def _check_same_quantizer(model_dir, quantizer_dir):
                 f"{quantizer_dir!r} has {key} {new[key]}: use a matching quantizer or a new "
                 "--model_dir"
             )
+
+
+def _model_class():
+    """The class `create_model.model_class` names, or None when unbound."""
+    try:
+        ref = gin.query_parameter("create_model.model_class")
+    except ValueError:
+        return None
+    if isinstance(ref, gin.config.ConfigurableReference):
+        return ref.configurable.wrapped
+    return ref if inspect.isclass(ref) else None
+
+
+def _takes(cls, parameter):
+    return parameter in inspect.signature(cls.__init__).parameters
+
+
+def _binding_name(parameter):
+    """`parameter`, plus the macro it is bound to if any (`make_dataset.batch_size (%BATCH_SIZE)`)."""
+    try:
+        raw = gin.query_parameter(parameter)
+    except ValueError:
+        return parameter
+    if isinstance(raw, gin.config.ConfigurableReference) and raw.configurable.name == "macro":
+        return f"{parameter} (%{raw.scoped_selector.split('/')[0]})"
+    return parameter
+
+
+def _check_config(strategy, quantizer_dir):
+    """Configuration errors that only show once several settings meet, raised before the model
+    dir is touched: the model kind against --quantizer_dir, batch and image sizes, the dataset
+    name, and the model's class count against the dataset's."""
+    from vim_tf.data import input_pipeline
+
+    cls = _model_class()
+    if cls is not None and quantizer_dir and not _takes(cls, "quantizer_dir"):
+        raise ValueError(
+            f"--quantizer_dir is for a prior (VIM), but this experiment trains a {cls.__name__} "
+            f"(create_model.model_class = @{cls.__name__}): drop --quantizer_dir, or use a prior "
+            "experiment such as gin/experiments/digits_vim.gin"
+        )
+    if cls is not None and _takes(cls, "quantizer_dir") and not quantizer_dir:
+        if _bound(f"{cls.__name__}.grid_size") is None:
+            raise ValueError(
+                f"{cls.__name__} needs its quantizer: pass --quantizer_dir=DIR (a trained "
+                "stage-1 model dir)"
+            )
+    replicas = strategy.num_replicas_in_sync
+    for fn in ("make_dataset", "make_token_dataset"):
+        for name in ("batch_size", "image_size"):
+            value = _bound(f"{fn}.{name}")
+            if value is None:
+                continue
+            label = _binding_name(f"{fn}.{name}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{label} must be a positive int, got {value!r}")
+            if name == "batch_size" and value % replicas:
+                raise ValueError(
+                    f"{label} = {value} (the global batch) is not divisible by the "
+                    f"{replicas} replicas of the strategy: use a multiple of {replicas}"
+                )
+    dataset = _bound("make_dataset.dataset")
+    if dataset is None:
+        return
+    input_pipeline.check_dataset_name(dataset)
+    if cls is None or not _takes(cls, "num_classes"):
+        return
+    num_classes = _bound(f"{cls.__name__}.num_classes")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes <= 0:
+        return  # unconditional, or a bad value the model's own check names
+    data_classes = input_pipeline.dataset_info(dataset, _bound("make_dataset.data_dir"))[
+        "num_classes"
+    ]
+    if data_classes is None:
+        logging.warning(
+            "%s.num_classes = %d but dataset %r has no labels: every example gets class 0",
+            cls.__name__,
+            num_classes,
+            dataset,
+        )
+    elif num_classes < data_classes:
+        raise ValueError(
+            f"{cls.__name__}.num_classes={num_classes} but dataset {dataset!r} has "
+            f"{data_classes} classes (labels 0..{data_classes - 1}): set "
+            f"{cls.__name__}.num_classes = {data_classes}"
+        )
 
 
 def _bound(parameter):

@@ -155,10 +155,10 @@ def train(
     chief = distribute.is_chief(strategy)
     out_dir = distribute.worker_dir(model_dir, strategy)
     _check_writable(out_dir)
-    if chief:
-        gin_utils.save_config(model_dir)
-
     model = build_model(strategy, **(model_kwargs or {}))
+    if chief:
+        # After the model is built: a configuration error leaves the model dir untouched.
+        gin_utils.save_config(model_dir)
     if hasattr(model, "describe"):
         model.describe()
     ckpt, manager = make_checkpoint_manager(model, out_dir, keep_checkpoints)

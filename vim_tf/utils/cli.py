@@ -1,0 +1,42 @@
+"""How every tool in tools/ runs its `main`: a user error is one line, not a traceback.
+
+A bad flag value, a wrong or empty model dir, a bad gin binding or a missing dataset raises
+ValueError, OSError (FileNotFoundError, ...) or SyntaxError (gin's parser) with a message that
+says what is wrong. `run(main)` prints that message as `error: <message>` on stderr and exits
+with status 2. The traceback is logged at debug level (`--verbosity=1` shows it); with the
+environment variable VIM_TF_TRACEBACK=1 the exception propagates unchanged.
+
+Importing this module does not import TensorFlow.
+"""
+
+import functools
+import os
+import sys
+
+from absl import app, logging
+
+USER_ERRORS = (ValueError, OSError, SyntaxError)
+EXIT_USER_ERROR = 2
+
+
+def guard(main):
+    """Wraps an absl `main(argv)` so user errors become `error: ...` and exit status 2."""
+
+    @functools.wraps(main)
+    def guarded(argv):
+        try:
+            return main(argv)
+        except USER_ERRORS as e:
+            if os.environ.get("VIM_TF_TRACEBACK"):
+                raise
+            logging.debug("traceback of the error below", exc_info=True)
+            message = str(e) or type(e).__name__
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            return EXIT_USER_ERROR
+
+    return guarded
+
+
+def run(main):
+    """`absl.app.run(main)` with user errors reported as one line (see the module docstring)."""
+    app.run(guard(main))
