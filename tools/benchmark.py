@@ -27,8 +27,13 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    import tensorflow as tf
+
     from vim_tf import benchmark
     from vim_tf.utils import model_dir
+
+    # Every measurement traces a fresh model: TF's retracing warnings are expected here.
+    tf.get_logger().setLevel("ERROR")
 
     results = benchmark.run_all(quick=FLAGS.quick, groups=FLAGS.only or None)
     machine = results["machine"]

@@ -93,7 +93,15 @@ def run(output_dir, extra_bindings=()):
             f"--classifier={c_dir}",
         ],
     )
-    p.train("train prior", "digits_vim.gin", prior_dir, f"--quantizer_dir={q_dir}")
+    # The priors train on token shards written once (digits get no random augmentation, so these
+    # are the tokens the encoder would give on the fly, without re-encoding every step).
+    token_dir = os.path.join(p.out, "tokens")
+    if not _fresh(os.path.join(token_dir, "tokens_info.json"), q_dir):
+        p.timings["encode tokens"] = _run(
+            ["tools/encode.py", f"--quantizer_dir={q_dir}", f"--output_dir={token_dir}"]
+        )
+    tokens_flags = (f"--quantizer_dir={q_dir}", f"--gin_bindings=TOKEN_DIR = '{token_dir}'")
+    p.train("train prior", "digits_vim_tokens.gin", prior_dir, *tokens_flags)
     p_json = os.path.join(prior_dir, "metrics.json")
     p_metrics = p.once(
         "evaluate prior",
@@ -135,7 +143,7 @@ def run(output_dir, extra_bindings=()):
         ],
     )
     p.train(
-        "train unconditional prior", "digits_vim_uncond.gin", uncond_dir, f"--quantizer_dir={q_dir}"
+        "train unconditional prior", "digits_vim_uncond_tokens.gin", uncond_dir, *tokens_flags
     )
     probe_json = os.path.join(uncond_dir, "probe.json")
     probe = p.once(

@@ -243,9 +243,10 @@ class ViTVQGAN(keras.Model):
     # ----------------------------------------------------------------- inference
     def _distribution(self, codes, training=None):
         out = ops.cast(self.decoder(codes, training=training), "float32")
-        loc = out[..., :3]
+        # A split, not two slices: its gradient is one concat instead of two zero-padded copies.
+        loc, raw_log_scale = ops.split(out, 2, axis=-1)
         # Soft lower bound: min + softplus(raw - min) ~ raw above the bound, keeps gradients.
-        log_scale = self.min_log_scale + ops.softplus(out[..., 3:] - self.min_log_scale)
+        log_scale = self.min_log_scale + ops.softplus(raw_log_scale - self.min_log_scale)
         return loc, log_scale
 
     def call(self, images, training=None):

@@ -10,25 +10,29 @@ batches: once with the default (one-device) strategy, once with `MirroredStrateg
 logical CPU devices, each replica getting half of every global batch. It writes an npz with, for
 each run (`single`, `mirrored`): the final model and optimizer variables (`<run>/var/<i>`), the
 initial model variables (`<run>/init/<i>`), and the scalars the trainer logged to TensorBoard at
-each step (`<run>/scalar/<tag>`, one value per step), plus for the mirrored run the largest
-difference between the two replicas' copies of any variable (`mirrored/replica_spread`).
+each step (`<run>/scalar/<tag>`, one value per step), the largest
+difference between the two replicas' copies of any variable (`<run>/replica_spread`) and the
+trainer's log lines (`<run>/log`).
 
 Cases:
   quantizer_restart: stage 1, autoencoder phase, dead-code restarts on (every code is dead at
     step 1, so the first step re-seeds the codebook from the gathered global batch); replicas get
     contiguous halves.
   quantizer_gan: stage 1, adversarial phase from the first step (the discriminator trains at
-    every step, R1 on the first); replicas get strided halves (examples 0, 2, 4, ... and
-    1, 3, 5, ...): the discriminator's minibatch std-dev groups examples i and i + B/G, so with
-    strided halves each replica's group is exactly one group of the one-device batch.
-  prior: stage 2, a class-conditional VIM tokenizing images with a frozen quantizer; contiguous
-    halves.
+    every step, with R1 at the first and third: r1_interval 2); replicas get strided halves
+    (examples 0, 2, 4, ... and 1, 3, 5, ...). The discriminator's minibatch std-dev is computed
+    per replica (as in StyleGAN2's multi-GPU training) over groups of examples i, i + B/G, ...;
+    with strided halves each replica's group is exactly one group of the one-device batch, so
+    the two runs must agree.
+  prior: stage 2, a class-conditional VIM tokenizing images with a frozen quantizer, at a
+    constant learning rate; contiguous halves.
 Dropout is 0 and class dropout off in every case.
 """
 
 import argparse
 import ast
 import json
+import logging as py_logging
 import os
 import sys
 import tempfile
@@ -80,8 +84,8 @@ CASES = {
             "VIM.mlp_dim = 32",
             "VIM.dropout = 0.0",
             "VIM.class_dropout = 0.0",
-            "WarmupHoldExponential.warmup_steps = 1",
-            "WarmupHoldExponential.decay_start = 2",
+            # A constant rate (a variable, mirrored under the strategy) instead of a schedule.
+            "make_optimizer.learning_rate = 0.001",
         ),
         "contiguous",
     ),
@@ -178,6 +182,13 @@ def run_case(case, work_dir):
     from vim_tf.training import trainer
 
     gin_file, bindings, mode = CASES[case]
+    logged = []
+
+    class Record(py_logging.Handler):  # the trainer's log lines ("... (global batch N, ...")
+        def emit(self, record):
+            logged.append(record.getMessage())
+
+    py_logging.getLogger("absl").addHandler(Record())
     rng = np.random.default_rng(0)
     batches = [
         {
@@ -206,6 +217,7 @@ def run_case(case, work_dir):
         del init
         keras.utils.set_random_seed(0)
         model_dir = os.path.join(work_dir, run)
+        del logged[:]
         model = trainer.train(
             model_dir,
             strategy=strategy,
@@ -230,6 +242,7 @@ def run_case(case, work_dir):
                 diff = np.abs(np.asarray(c.numpy(), np.float64) - np.asarray(copies[0].numpy()))
                 spread = max(spread, float(diff.max()) if diff.size else 0.0)
         out[f"{run}/replica_spread"] = np.array(spread)
+        out[f"{run}/log"] = np.array(logged)
         out[f"{run}/names"] = np.array([v.path for v in variables])
         for tag, by_step in _scalars(model_dir).items():
             out[f"{run}/scalar/{tag}"] = np.array([by_step[s] for s in sorted(by_step)])
@@ -245,10 +258,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import tensorflow as tf
+    from absl import logging as absl_logging
 
     # Grappler's graph rewrites take most of the tracing time of these tiny steps (about half of
     # this helper's run time) and do not change what is computed; both runs skip them alike.
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    absl_logging.set_verbosity(absl_logging.INFO)
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_REPLICAS

@@ -1,37 +1,35 @@
-"""Test helper: one worker of a MultiWorkerMirroredStrategy run, dumping its weights at the end.
+"""Test helper: `tools/train.py` as one worker of a multi-worker run, dumping its weights at the end.
 
 tests/test_distribute.py starts two of these on localhost, each with its own TF_CONFIG:
 
     TF_CONFIG='{"cluster": {"worker": ["localhost:P0", "localhost:P1"]},
                 "task": {"type": "worker", "index": 0}}' \
-    python -m vim_tf.testing.multi_worker --model_dir=DIR --weights_out=w0.npz \
-        --gin_file=gin/experiments/digits_vitvqgan.gin --gin_bindings='TRAIN_STEPS = 4' ...
+    python -m vim_tf.testing.multi_worker --weights_out=w0.npz -- \
+        --strategy=multi_worker --model_dir=DIR --gin_file=gin/experiments/digits_vitvqgan.gin ...
 
-It does what `tools/train.py --strategy=multi_worker` does (`train_lib.run`), then writes what
-this worker ended with to `--weights_out`: the model's variables (`var/<i>`, `name/<i>`), the
-optimizer step, and the number of replicas and the global batch size the trainer used. The
-weights of the non-chief worker exist nowhere else once training ends (its temporary dir under
-the model dir is removed), hence this dump.
+Everything after `--` goes to `tools/train.py` unchanged (its flags, its `main`). When training
+returns, this writes what the worker ended with to `--weights_out`: the model's variables
+(`var/<i>`, `name/<i>`), the optimizer step, the strategy name `train_lib.run` was given, and
+the absl log lines (the trainer logs the global batch and the replica count). A non-chief
+worker's weights exist nowhere else once training ends (its temporary dir under the model dir is
+removed), hence this dump.
 """
 
+import importlib.util
+import logging as py_logging
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
-
-flags.DEFINE_string("model_dir", None, "The shared model dir.")
-flags.DEFINE_multi_string("gin_file", [], "gin config files.")
-flags.DEFINE_multi_string("gin_bindings", [], "gin bindings.")
-flags.DEFINE_string("weights_out", None, "npz file for this worker's final variables.")
-flags.mark_flags_as_required(["model_dir", "weights_out"])
-FLAGS = flags.FLAGS
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv):
-    del argv
-    import logging as py_logging
+    if "--" not in argv or not argv[0].startswith("--weights_out="):
+        raise SystemExit("usage: multi_worker --weights_out=FILE -- <tools/train.py flags>")
+    weights_out = argv[0].split("=", 1)[1]
+    train_argv = argv[argv.index("--") + 1 :]
 
     import numpy as np
     import tensorflow as tf
@@ -45,20 +43,41 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     logged = []
 
-    class Record(py_logging.Handler):  # keeps the log lines (e.g. "... (global batch N, ...")
+    class Record(py_logging.Handler):
         def emit(self, record):
             logged.append(record.getMessage())
 
     py_logging.getLogger("absl").addHandler(Record())
-    model = train_lib.run(FLAGS.model_dir, FLAGS.gin_file, FLAGS.gin_bindings, "multi_worker")
-    out = {"step": np.array(int(model.step.numpy()))}
+
+    calls = []
+    real_run = train_lib.run
+
+    def run(*args, **kwargs):  # what tools/train.py calls; keeps the trained model
+        model = real_run(*args, **kwargs)
+        calls.append((args, kwargs, model))
+        return model
+
+    train_lib.run = run
+    spec = importlib.util.spec_from_file_location(
+        "train_tool", os.path.join(REPO, "tools/train.py")
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.FLAGS(["train.py", *train_argv])
+    tool.main([])
+
+    (args, kwargs, model) = calls[0]
+    out = {
+        "step": np.array(int(model.step.numpy())),
+        "strategy": np.array(args[3] if len(args) > 3 else kwargs.get("strategy")),
+        "log": np.array(logged),
+    }
     for i, w in enumerate(model.weights):
         out[f"var/{i}"] = np.asarray(w.numpy())
         out[f"name/{i}"] = np.array(w.path)
-    out["log"] = np.array(logged)
-    np.savez(FLAGS.weights_out, **out)
+    np.savez(weights_out, **out)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    sys.exit(main(sys.argv[1:]))

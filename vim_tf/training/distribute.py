@@ -15,7 +15,8 @@ def get_strategy(name="default", tpu_address=None):
     - default: the current default strategy (one device).
     - mirrored: all local GPUs, or every logical CPU device when there is no GPU.
     - multi_worker: MultiWorkerMirroredStrategy configured from the TF_CONFIG environment.
-    - tpu: TPUStrategy on the cluster at `tpu_address` ('' or 'local' for a TPU VM).
+    - tpu: TPUStrategy on `tpu_address`: 'local' on a TPU VM, a TPU name or grpc:// address
+      otherwise ('' or None: from the environment, e.g. TPU_NAME).
     """
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}: valid are {', '.join(STRATEGIES)}")
@@ -32,10 +33,14 @@ def get_strategy(name="default", tpu_address=None):
                 "task of this worker); see the README's multi-worker section"
             )
         return tf.distribute.MultiWorkerMirroredStrategy()
+    # 'local': the TPU chips of this TPU VM (no cluster to connect to). A name or grpc:// address
+    # (a TPU node, a pod slice), or '' / None to take it from the environment (TPU_NAME, Colab):
+    # resolved through the Cloud TPU API, then connected to before initializing.
+    local = tpu_address == "local"
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-        tpu="" if tpu_address in (None, "local") else tpu_address
+        tpu="local" if local else (tpu_address or "")
     )
-    if tpu_address not in (None, "", "local"):
+    if not local:
         tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     logging.info("TPU devices: %s", tf.config.list_logical_devices("TPU"))

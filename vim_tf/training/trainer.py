@@ -493,7 +493,9 @@ def _learning_rates(model):
         opt = getattr(model, f"{name}_optimizer", None)
         if opt is None:
             continue
-        out[name] = float(opt.learning_rate)  # the schedule evaluated at the current step
+        # The schedule at the current step; a constant rate is a (mirrored) variable that
+        # float() refuses under a multi-replica strategy, hence convert_to_tensor.
+        out[name] = float(tf.convert_to_tensor(opt.learning_rate))
     return out
 
 
