@@ -148,7 +148,9 @@ def stage1_step(cfg=TINY_STAGE1, jit=False, adversarial=False, policy="float32")
     return fn
 
 
-def stage1_train(batch=32, image_size=32, jit=False, adversarial=False, repeats=5, policy="float32"):
+def stage1_train(
+    batch=32, image_size=32, jit=False, adversarial=False, repeats=5, policy="float32"
+):
     """Images/s of the tiny stage-1 train step (32 px, patch 4, dim 128, 2+2 blocks, 512x32)."""
     cfg = dict(TINY_STAGE1, batch=batch, image_size=image_size)
     step = stage1_step(cfg, jit=jit, adversarial=adversarial, policy=policy)

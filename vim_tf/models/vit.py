@@ -105,10 +105,7 @@ class Attention(keras.layers.Layer):
         # Softmax in float32 even under mixed precision: large logits overflow float16.
         logits = ops.cast(logits, "float32")
         if mask is not None:
-            # An additive 0 / -1e9 bias built on the (small) mask, not a select on the logits:
-            # the same softmax (masked entries underflow to exactly 0 either way), and the add's
-            # gradient passes straight through instead of costing another select.
-            logits = logits + ops.where(mask, 0.0, -1e9)
+            logits = ops.where(mask, logits, ops.cast(-1e9, "float32"))
         probs = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
         probs = self.attn_dropout(probs, training=training)
         return ops.einsum("bhqk,bhkd->bhqd", probs, v)

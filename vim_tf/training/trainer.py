@@ -417,13 +417,19 @@ class _SigtermFlag:
 def _agreed(strategy, flag):
     """True when any worker saw `flag` (workers must stop at the same step)."""
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        value = strategy.reduce(
-            tf.distribute.ReduceOp.SUM,
-            strategy.run(lambda: tf.constant(1.0 if flag else 0.0)),
-            axis=None,
-        )
-        return float(value) > 0
+        if strategy not in _ANY_WORKER:
+
+            @tf.function
+            def any_worker(value):
+                per_replica = strategy.run(lambda: tf.identity(value))
+                return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+            _ANY_WORKER[strategy] = any_worker
+        return float(_ANY_WORKER[strategy](tf.constant(1.0 if flag else 0.0))) > 0
     return flag
+
+
+_ANY_WORKER = {}
 
 
 def restore_newest_usable(ckpt, manager):
