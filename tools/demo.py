@@ -18,9 +18,15 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    import sys
+
     from vim_tf import main_job
 
-    main_job.run(FLAGS.output_dir, FLAGS.gin_bindings)
+    try:
+        main_job.run(FLAGS.output_dir, FLAGS.gin_bindings)
+    except main_job.StageFailed as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

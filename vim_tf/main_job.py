@@ -16,11 +16,20 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+class StageFailed(RuntimeError):
+    """A stage's command exited non-zero; its own output above says why."""
+
+
 def _run(args):
     cmd = [sys.executable] + args
     print(f"\n$ {shlex.join(cmd)}", flush=True)
     t = time.time()
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    result = subprocess.run(cmd, cwd=ROOT)
+    if result.returncode != 0:
+        raise StageFailed(
+            f"the stage `{shlex.join(args)}` failed with exit status {result.returncode} (its "
+            "output is above); finished stages are kept and reused when you rerun the main job"
+        )
     return time.time() - t
 
 
