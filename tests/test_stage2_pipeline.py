@@ -59,6 +59,12 @@ class Stage2PipelineTest(TestCase):
             p_dir, out_dir, num_samples=20, class_ids=["3", "7"], seed=5, top_k=5
         )
         np.testing.assert_array_equal(arrays["tokens"], again["tokens"])
+        # XLA-compiled sampling gives the same tokens.
+        gin.clear_config()
+        xla = generate.generate(
+            p_dir, out_dir, num_samples=20, class_ids=["3", "7"], seed=5, top_k=5, jit_compile=True
+        )
+        np.testing.assert_array_equal(arrays["tokens"], xla["tokens"])
         model, _, _ = evaluator.load_trained_model(p_dir)
         decoded = model.decode(tf.constant(arrays["tokens"])).numpy()
         self.assertLessEqual(np.abs(decoded * 255 - arrays["images"]).max(), 0.5 + 1e-3)

@@ -34,6 +34,7 @@ flags.DEFINE_string(
     None,
     "Scoring network for rejection sampling (classifier model dir or SavedModel dir).",
 )
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the sampling loop (same samples).")
 flags.mark_flags_as_required(["model_dir", "output_dir"])
 FLAGS = flags.FLAGS
 
@@ -59,6 +60,7 @@ def main(argv):
         FLAGS.batch_size,
         acceptance_rate=FLAGS.acceptance_rate,
         classifier=FLAGS.classifier,
+        jit_compile=FLAGS.jit_compile,
     )
 
 

@@ -109,8 +109,12 @@ def generate(
     batch_size=100,
     acceptance_rate=1.0,
     classifier=None,
+    jit_compile=False,
 ):
     """Samples from the prior in `model_dir`; writes samples.npz and grid.png to output_dir.
+
+    `jit_compile` XLA-compiles the sampling loop (the same tokens as without it: the sampler's
+    random numbers are counter-based).
 
     With `acceptance_rate` < 1, classifier rejection sampling with the scoring network at
     `classifier` keeps the best fraction per class (the achieved rate is logged and returned
@@ -141,10 +145,18 @@ def generate(
 
         network = evaluator.load_scoring_network(classifier)
         tokens, images, achieved = rejection.rejection_sample(
-            Sampler(model), network, ids, acceptance_rate, seed, batch_size, **settings
+            Sampler(model, jit_compile),
+            network,
+            ids,
+            acceptance_rate,
+            seed,
+            batch_size,
+            **settings,
         )
     else:
-        tokens, images = Sampler(model).sample(ids, seed, batch_size=batch_size, **settings)
+        tokens, images = Sampler(model, jit_compile).sample(
+            ids, seed, batch_size=batch_size, **settings
+        )
         achieved = 1.0
     os.makedirs(output_dir, exist_ok=True)
     images_u8 = image_utils.to_uint8(images)
