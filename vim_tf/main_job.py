@@ -151,9 +151,7 @@ def run(output_dir, extra_bindings=()):
             "--seed=0",
         ],
     )
-    p.train(
-        "train unconditional prior", "digits_vim_uncond_tokens.gin", uncond_dir, *tokens_flags
-    )
+    p.train("train unconditional prior", "digits_vim_uncond_tokens.gin", uncond_dir, *tokens_flags)
     probe_json = os.path.join(uncond_dir, "probe.json")
     probe = p.once(
         "linear probe",

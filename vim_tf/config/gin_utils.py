@@ -149,6 +149,18 @@ def check_keras_bindings():
                 )
 
 
+def bound(parameter):
+    """The value gin binds to `parameter` ('Class.param' or '%MACRO'), or None when unbound."""
+    try:
+        value = gin.query_parameter(parameter)
+    except ValueError:
+        return None
+    # A macro (`%TOKEN_DIR`) comes back as a reference; calling it gives its value.
+    if isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "macro":
+        value = value.scoped_configurable_fn()
+    return value
+
+
 def _atomic_write(path, text):
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:

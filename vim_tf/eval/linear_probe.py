@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from vim_tf.config import gin_utils
 from vim_tf.data import input_pipeline
 from vim_tf.eval import evaluator
 from vim_tf.utils import model_dir as model_dir_lib
@@ -250,25 +251,14 @@ def train_probe(
     return accuracy(test_x, test_y), accuracy(train_x, train_y)
 
 
-def _bound(parameter):
-    """The value gin binds to `parameter` (macros resolved), or None when it is unbound."""
-    try:
-        value = gin.query_parameter(parameter)
-    except ValueError:
-        return None
-    if isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "macro":
-        value = value.scoped_configurable_fn()
-    return value
-
-
 def _num_classes(train_y, test_y):
     """Classes of the gin-bound dataset (`%DATASET`), else the largest label + 1."""
     num_classes = None
-    dataset = _bound("%DATASET")
+    dataset = gin_utils.bound("%DATASET")
     if dataset is not None:
-        num_classes = input_pipeline.dataset_info(dataset, _bound("make_dataset.data_dir"))[
-            "num_classes"
-        ]
+        num_classes = input_pipeline.dataset_info(
+            dataset, gin_utils.bound("make_dataset.data_dir")
+        )["num_classes"]
     if num_classes is None:
         num_classes = int(max(train_y.max(), test_y.max())) + 1
         logging.info(

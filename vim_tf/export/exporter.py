@@ -278,20 +278,10 @@ def load_model(model_dir):
     )
     kind = info.get("kind")
     if kind == "quantizer":
-        from vim_tf.models.vitvqgan import ViTVQGAN
+        from vim_tf.models.vitvqgan import load_quantizer
 
-        config = model_dir_lib.read_model_config(model_dir)
-        config.update(
-            adversarial_weight=0.0,
-            discriminator=None,
-            perceptual_weight=0.0,
-            perceptual_weights_path=None,
-        )
-        model = ViTVQGAN.from_config(config)
-        model.build()
-        path = model_dir_lib.restore_latest(model, model_dir)
-        model.trainable = False
-        return model, info, path
+        model = load_quantizer(model_dir)
+        return model, info, model.restored_checkpoint
     if kind in ("prior", "classifier"):
         from vim_tf.eval import evaluator
 

@@ -519,6 +519,9 @@ def load_quantizer(quantizer_dir):
     )
     model = ViTVQGAN.from_config(config)
     model.build()
-    model_dir_lib.restore_latest(model, quantizer_dir)
+    # Kept on the model (outside Keras tracking): which checkpoint the weights came from.
+    object.__setattr__(
+        model, "restored_checkpoint", model_dir_lib.restore_latest(model, quantizer_dir)
+    )
     model.trainable = False
     return model

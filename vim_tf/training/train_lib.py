@@ -45,7 +45,7 @@ def run(model_dir, gin_files=(), gin_bindings=(), strategy="default", tpu=None, 
                 ("quantizer",),
                 "--quantizer_dir must be a trained stage-1 model dir (a ViT-VQGAN)",
             )
-            token_dir = _bound("make_token_dataset.token_dir")
+            token_dir = gin_utils.bound("make_token_dataset.token_dir")
             if token_dir:
                 tokens.check_token_dir(token_dir, model_dir_lib.read_model_info(quantizer_dir))
             model_kwargs["quantizer_dir"] = os.path.abspath(quantizer_dir)
@@ -111,7 +111,7 @@ def _check_config(strategy, quantizer_dir):
             "experiment such as gin/experiments/digits_vim.gin"
         )
     if cls is not None and _takes(cls, "quantizer_dir") and not quantizer_dir:
-        if _bound(f"{cls.__name__}.grid_size") is None:
+        if gin_utils.bound(f"{cls.__name__}.grid_size") is None:
             raise ValueError(
                 f"{cls.__name__} needs its quantizer: pass --quantizer_dir=DIR (a trained "
                 "stage-1 model dir)"
@@ -119,7 +119,7 @@ def _check_config(strategy, quantizer_dir):
     replicas = strategy.num_replicas_in_sync
     for fn in ("make_dataset", "make_token_dataset"):
         for name in ("batch_size", "image_size"):
-            value = _bound(f"{fn}.{name}")
+            value = gin_utils.bound(f"{fn}.{name}")
             if value is None:
                 continue
             label = _binding_name(f"{fn}.{name}")
@@ -130,16 +130,16 @@ def _check_config(strategy, quantizer_dir):
                     f"{label} = {value} (the global batch) is not divisible by the "
                     f"{replicas} replicas of the strategy: use a multiple of {replicas}"
                 )
-    dataset = _bound("make_dataset.dataset")
+    dataset = gin_utils.bound("make_dataset.dataset")
     if dataset is None:
         return
     input_pipeline.check_dataset_name(dataset)
     if cls is None or not _takes(cls, "num_classes"):
         return
-    num_classes = _bound(f"{cls.__name__}.num_classes")
+    num_classes = gin_utils.bound(f"{cls.__name__}.num_classes")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes <= 0:
         return  # unconditional, or a bad value the model's own check names
-    data_classes = input_pipeline.dataset_info(dataset, _bound("make_dataset.data_dir"))[
+    data_classes = input_pipeline.dataset_info(dataset, gin_utils.bound("make_dataset.data_dir"))[
         "num_classes"
     ]
     if data_classes is None:
@@ -155,15 +155,3 @@ def _check_config(strategy, quantizer_dir):
             f"{data_classes} classes (labels 0..{data_classes - 1}): set "
             f"{cls.__name__}.num_classes = {data_classes}"
         )
-
-
-def _bound(parameter):
-    """The value gin binds to `parameter`, or None when it is not bound."""
-    try:
-        value = gin.query_parameter(parameter)
-    except ValueError:
-        return None
-    # A macro (`%TOKEN_DIR`) comes back as a reference; calling it gives its value.
-    if isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "macro":
-        value = value.scoped_configurable_fn()
-    return value
