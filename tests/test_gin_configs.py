@@ -30,6 +30,12 @@ class GinConfigTest(TestCase, parameterized.TestCase):
         for macro in ("DATASET", "IMAGE_SIZE", "BATCH_SIZE", "TRAIN_STEPS", "CHECKPOINT_EVERY"):
             gin.query_parameter(f"%{macro}")
 
+    def test_includes_log_no_false_errors(self):
+        # gin looks for each include as a package resource first and logs every miss at ERROR
+        # level on the root logger; nothing failed, so none of that may reach the user's log.
+        with self.assertNoLogs(level="ERROR"):
+            gin_utils.parse([os.path.join("experiments", "digits_vim.gin")])
+
     @parameterized.parameters(
         ("vitvqgan_ss", "small", "small"),
         ("vitvqgan_bb", "base", "base"),

@@ -7,6 +7,7 @@ that act on a trained model re-read `config.gin`, so users never repeat `--gin_f
 
 import datetime
 import importlib
+import logging as std_logging
 import os
 import re
 import shlex
@@ -44,6 +45,18 @@ _CONFIGURABLE_MODULES = (
 _search_path_added = False
 
 
+class _GinResourceLookupFilter(std_logging.Filter):
+    """Drops gin's package-resource lookups from the log.
+
+    gin tries every include first as a file inside a Python package and logs each miss on the
+    root logger at ERROR level ("Path not found: models/vim_tiny.gin") before it finds the file
+    on the search path: lines that read as failures when nothing failed.
+    """
+
+    def filter(self, record):
+        return not record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
+
+
 def gin_dir():
     """The repository's gin/ folder (configs ship beside the package)."""
     return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "gin")
@@ -55,6 +68,7 @@ def register_configurables():
     global _search_path_added
     if not _search_path_added:
         gin.add_config_file_search_path(gin_dir())
+        std_logging.getLogger().addFilter(_GinResourceLookupFilter())
         _search_path_added = True
 
 
