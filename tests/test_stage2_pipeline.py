@@ -2,6 +2,8 @@
 
 import json
 import os
+from types import SimpleNamespace
+from unittest import mock
 
 import gin
 import numpy as np
@@ -144,6 +146,14 @@ class Stage2PipelineTest(TestCase):
         with self.assertRaisesRegex(ValueError, "unconditional"):
             generate.class_plan(10, 0, ["1"])
 
+    def test_guidance_needs_a_prior_trained_with_class_dropout(self):
+        no_dropout = generate.Sampler(SimpleNamespace(num_classes=10, class_dropout=0.0))
+        with self.assertRaisesRegex(ValueError, r"cfg_scale=2.0: .*VIM.class_dropout > 0"):
+            no_dropout.sample([1, 2], cfg_scale=2.0)
+        uncond = generate.Sampler(SimpleNamespace(num_classes=0, class_dropout=0.0))
+        with self.assertRaisesRegex(ValueError, r"cfg_scale=1.5: .*unconditional"):
+            uncond.sample([0], cfg_scale=1.5)
+
     def test_scores_with_a_classifier(self):
         c_dir = os.path.join(self.get_temp_dir(), "scorer")
         gin.clear_config()
@@ -175,6 +185,26 @@ class Stage2PipelineTest(TestCase):
         self.assertEqual(m["num_samples"], 20)
         self.assertAllClose(m["acceptance_rate"], 0.5)
         self.assertIn("vim_tf_classifier:", m["classifier"])
+        self.assertEqual(
+            m["sampling"], dict(temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0, seed=0)
+        )
+        # Sampling settings reach the sampler and are recorded (digits_vim.gin trains with
+        # class dropout, so guidance is allowed).
+        gin.clear_config()
+        settings = dict(temperature=0.9, top_k=5, top_p=0.95, cfg_scale=2.0, seed=7)
+        with mock.patch.object(
+            generate.Sampler, "sample", autospec=True, side_effect=generate.Sampler.sample
+        ) as sample:
+            guided = evaluator.evaluate(
+                p_dir, os.path.join(self.get_temp_dir(), "g.json"), c_dir, 20, sampling=settings
+            )
+        self.assertEqual(guided["sampling"], settings)
+        _, _, kwargs = sample.mock_calls[0]
+        self.assertEqual({k: kwargs[k] for k in settings}, settings)
+        with self.assertRaisesRegex(ValueError, r"unknown sampling settings \['cfg'\]"):
+            evaluator.evaluate(
+                p_dir, os.path.join(self.get_temp_dir(), "x.json"), c_dir, 20, sampling={"cfg": 2.0}
+            )
         gin.clear_config()
         q = evaluator.evaluate(self.q_dir, os.path.join(self.get_temp_dir(), "q.json"), c_dir)
         self.assertGreaterEqual(q["rfid"], 0.0)

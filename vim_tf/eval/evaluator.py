@@ -63,13 +63,15 @@ def load_classifier(classifier_dir):
     return model
 
 
-def evaluate_export(saved_model, output, classifier=None, num_samples=1000, acceptance_rate=1.0):
+def evaluate_export(
+    saved_model, output, classifier=None, num_samples=1000, acceptance_rate=1.0, sampling=None
+):
     """Scores an exported SavedModel version dir (see `saved_model_eval`) into `output`."""
     from vim_tf.eval import saved_model_eval
 
     network = load_scoring_network(classifier) if classifier else None
     metrics = saved_model_eval.evaluate_saved_model(
-        saved_model, network, num_samples, acceptance_rate
+        saved_model, network, num_samples, acceptance_rate, sampling
     )
     model_dir_lib.write_json(output, metrics)
     logging.info("%s export: %s -> %s", metrics["kind"], metrics, output)
@@ -84,6 +86,7 @@ def evaluate(
     acceptance_rate=1.0,
     floor_split=None,
     checkpoint=None,
+    sampling=None,
 ):
     """Scores the model in `model_dir` and writes one JSON object to `output`.
 
@@ -94,6 +97,8 @@ def evaluate(
       acceptance_rate: classifier rejection sampling for the prior's samples (1 = off).
       floor_split: also report `fid_floor`, the FID of this real split against the test split.
       checkpoint: a specific checkpoint path (default: the newest).
+      sampling: the prior's sampling settings, a dict of temperature, top_k, top_p, cfg_scale
+        and seed (default: the paper's, temperature 1 without top-k, top-p or guidance; seed 0).
     """
     model, info, path = load_trained_model(
         model_dir, checkpoint, purpose="evaluate.py scores quantizers, priors and classifiers"
@@ -115,7 +120,12 @@ def evaluate(
         if network is not None:
             metrics.update(
                 prior_eval.score_prior_samples(
-                    model, network, num_samples, acceptance_rate, floor_split=floor_split
+                    model,
+                    network,
+                    num_samples,
+                    acceptance_rate,
+                    floor_split=floor_split,
+                    **prior_eval.split_sampling(sampling),
                 )
             )
     elif kind == "classifier":

@@ -31,6 +31,22 @@ def class_plan(num_samples, num_classes, class_ids=None):
     return np.repeat(np.asarray(ids, np.int32), per)[:num_samples]
 
 
+def check_guidance(model, cfg_scale):
+    """Classifier-free guidance needs a class-conditional prior trained with class dropout (its
+    null class is otherwise an untrained embedding, and guided samples are noise)."""
+    if not model.num_classes:
+        raise ValueError(
+            f"cfg_scale={cfg_scale}: classifier-free guidance needs a class-conditional prior; "
+            "this one is unconditional (use cfg_scale=1)"
+        )
+    if not model.class_dropout:
+        raise ValueError(
+            f"cfg_scale={cfg_scale}: classifier-free guidance needs a prior trained with "
+            "VIM.class_dropout > 0; this one was trained with class_dropout=0, so its null class "
+            "is untrained (use cfg_scale=1, or retrain with e.g. VIM.class_dropout = 0.1)"
+        )
+
+
 class Sampler:
     """Traced, batched sampling from a prior (+ decoding through its quantizer)."""
 
@@ -77,6 +93,8 @@ class Sampler:
         """
         sampling.check_sampling_args(temperature, top_k, top_p, cfg_scale)
         guided = cfg_scale != 1.0
+        if guided:
+            check_guidance(self.model, cfg_scale)
         fn = self._fn(guided, use_cache)
         n = len(class_ids)
         tokens, images = [], []

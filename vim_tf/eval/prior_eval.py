@@ -56,6 +56,24 @@ def real_activations(network, split, dataset_fn=input_pipeline.make_dataset):
     return np.concatenate(feats)
 
 
+SAMPLING_KEYS = ("temperature", "top_k", "top_p", "cfg_scale")
+
+
+def split_sampling(sampling):
+    """{temperature, top_k, top_p, cfg_scale, seed} (any subset, or None) -> the `seed` and
+    `sampling_kwargs` arguments of `score_prior_samples`."""
+    sampling = dict(sampling or {})
+    unknown = sorted(set(sampling) - set(SAMPLING_KEYS) - {"seed"})
+    if unknown:
+        raise ValueError(
+            f"unknown sampling settings {unknown}; valid: {list(SAMPLING_KEYS) + ['seed']}"
+        )
+    out = {"sampling_kwargs": {k: sampling[k] for k in SAMPLING_KEYS if k in sampling}}
+    if "seed" in sampling:
+        out["seed"] = int(sampling["seed"])
+    return out
+
+
 @gin.configurable(
     denylist=["model", "network", "num_samples", "acceptance_rate", "seed", "sampler"]
 )
@@ -76,9 +94,19 @@ def score_prior_samples(
     `acceptance_rate` < 1 the samples come from classifier rejection sampling. With
     `floor_split`, `fid_floor` is the FID between the real `floor_split` and `real_split` images
     (the best a generator can expect at this sample size and network). `sampler` defaults to
-    `generate.Sampler(model)` (a served model passes its own).
+    `generate.Sampler(model)` (a served model passes its own). `sampling_kwargs`: temperature,
+    top_k, top_p, cfg_scale (default: temperature 1, no top-k, top-p or guidance, as in the
+    paper); they and the seed are recorded in the result under `sampling`.
     """
     from vim_tf.eval import generate, rejection, scores
+    from vim_tf.models import sampling
+
+    settings = dict(temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0)
+    unknown = sorted(set(sampling_kwargs or {}) - set(settings))
+    if unknown:
+        raise ValueError(f"unknown sampling settings {unknown}; valid: {sorted(settings)}")
+    settings.update(sampling_kwargs or {})
+    sampling.check_sampling_args(**settings)
 
     plan = generate.class_plan(num_samples, model.num_classes)
     ids = plan if plan is not None else np.zeros([num_samples], np.int32)
@@ -88,7 +116,7 @@ def score_prior_samples(
         ids,
         acceptance_rate,
         seed=seed,
-        **(sampling_kwargs or {}),
+        **settings,
     )
     fake_features, fake_logits = network.activations(images)
     real = real_activations(network, real_split)
@@ -102,6 +130,7 @@ def score_prior_samples(
         "num_real": int(len(real)),
         "real_split": real_split,
         "classifier": network.name,
+        "sampling": {**settings, "seed": int(seed)},
     }
     if plan is not None:
         out["class_accuracy"] = scores.class_accuracy(fake_logits, plan)

@@ -74,7 +74,7 @@ class ServedSampler:
         return np.concatenate(tokens), np.concatenate(images)
 
 
-def evaluate_saved_model(path, network=None, num_samples=1000, acceptance_rate=1.0):
+def evaluate_saved_model(path, network=None, num_samples=1000, acceptance_rate=1.0, sampling=None):
     """Metrics of an export: quantizer (psnr, ssim, l1, l2, usage, perplexity, rfid) or prior
     (fid, inception_score, kid, class_accuracy of samples from `generate`). A prior export has
     no likelihood signature, so its metrics have no NLL."""
@@ -94,6 +94,7 @@ def evaluate_saved_model(path, network=None, num_samples=1000, acceptance_rate=1
             num_samples,
             acceptance_rate,
             sampler=sampler,
+            **prior_eval.split_sampling(sampling),
         )
     else:
         raise ValueError(
