@@ -241,4 +241,6 @@ def run(output_dir, extra_bindings=()):
         "classifier": c_metrics,
         "exports": exports,
         "wall_time_s": total,
+        # The stages this run executed (a rerun skips finished ones), with their seconds.
+        "stage_times": dict(p.timings),
     }

@@ -1,0 +1,86 @@
+"""The README's main job end to end on tiny bindings: every stage, then a rerun that reuses them."""
+
+import json
+import os
+
+import numpy as np
+
+from vim_tf import main_job
+from vim_tf.testing.test_case import TestCase
+from vim_tf.testing.tiny import TINY_CLASSIFIER, TINY_VIM, TINY_VITVQGAN
+
+TRAIN_STAGES = {
+    "train quantizer",
+    "train classifier",
+    "train prior",
+    "train unconditional prior",
+}
+
+
+def _tiny_bindings(data_dir):
+    # One set for every stage (the job passes its bindings to each train.py): later ones win, so
+    # the shared macros are set last.
+    return [
+        *TINY_VITVQGAN,
+        *TINY_CLASSIFIER,
+        *TINY_VIM,
+        "IMAGE_SIZE = 16",
+        "BATCH_SIZE = 8",
+        "TRAIN_STEPS = 4",
+        "CHECKPOINT_EVERY = 2",
+        "ViTVQGAN.disc_start_step = 2",
+        "train_probe.epochs = 2",
+        f"make_dataset.data_dir = '{data_dir}'",
+    ]
+
+
+class MainJobTest(TestCase):
+    def test_runs_every_stage_then_a_rerun_reuses_them(self):
+        out = os.path.join(self.get_temp_dir(), "demo")
+        bindings = _tiny_bindings(os.path.join(self.get_temp_dir(), "tfds"))
+        first = main_job.run(out, bindings)
+
+        self.assertEqual(first["quantizer"]["num_images"], 360)
+        self.assertEqual(first["prior"]["num_samples"], 1000)
+        self.assertEqual(first["prior"]["sampling"]["cfg_scale"], 1.0)
+        self.assertEqual(first["prior_guided"]["sampling"]["cfg_scale"], main_job.CFG_SCALE)
+        self.assertEqual(
+            sorted(first["prior"]["class_accuracy_per_class"]), [str(i) for i in range(10)]
+        )
+        self.assertAllClose(first["prior_rejection"]["acceptance_rate"], 0.5)
+        self.assertIn("top1", first["linear_probe"])
+        grid = os.path.join(out, "samples", "grid.png")
+        samples = np.load(os.path.join(out, "samples", "samples.npz"))
+        np.testing.assert_array_equal(samples["class_ids"], np.repeat(np.arange(10), 10))
+        self.assertTrue(os.path.exists(grid))
+        for name in ("quantizer", "prior", "classifier"):
+            self.assertTrue(
+                os.path.exists(os.path.join(first["exports"][name], "saved_model.pb")), name
+            )
+        self.assertLessEqual(TRAIN_STAGES, set(first["stage_times"]))
+        self.assertIn("encode tokens", first["stage_times"])
+        self.assertIn("export prior", first["stage_times"])
+
+        outputs = [
+            os.path.join(out, "prior", "metrics.json"),
+            os.path.join(out, "prior", f"metrics_cfg_{main_job.CFG_SCALE:g}.json"),
+            os.path.join(out, "quantizer", "metrics.json"),
+            grid,
+        ]
+        mtimes = [os.path.getmtime(p) for p in outputs]
+        # The rerun only starts the trainers (each resumes at its final step and stops) and
+        # reports the same figures from the kept outputs.
+        again = main_job.run(out, bindings)
+        self.assertEqual(set(again["stage_times"]), TRAIN_STAGES)
+        self.assertEqual([os.path.getmtime(p) for p in outputs], mtimes)
+        self.assertEqual(again["prior"], first["prior"])
+        self.assertEqual(again["exports"], first["exports"])
+        with open(os.path.join(out, "prior", "model_info.json")) as f:
+            self.assertEqual(json.load(f)["train_steps"], 4)
+
+        # A lost output is made again, and only it.
+        os.remove(os.path.join(out, "prior", "metrics_acceptance_0.5.json"))
+        third = main_job.run(out, bindings)
+        self.assertEqual(
+            set(third["stage_times"]), TRAIN_STAGES | {"evaluate prior, rejection 0.5"}
+        )
