@@ -28,16 +28,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("num_samples", 1000, "Prior samples scored (every class evenly).")
 flags.DEFINE_float("acceptance_rate", 1.0, "Classifier rejection sampling rate in (0, 1].")
-flags.DEFINE_float("temperature", 1.0, "Prior samples: softmax temperature (> 0).")
-flags.DEFINE_integer("top_k", 0, "Prior samples: keep the k most likely tokens (0: off).")
-flags.DEFINE_float("top_p", 1.0, "Prior samples: nucleus mass in (0, 1] (1: off).")
-flags.DEFINE_float(
-    "cfg_scale",
-    1.0,
-    "Prior samples: classifier-free guidance scale (1: off; needs a prior trained with "
-    "VIM.class_dropout > 0).",
-)
-flags.DEFINE_integer("seed", 0, "Prior samples: random seed (the same seed, the same samples).")
+cli.define_sampling_flags()
 flags.DEFINE_string(
     "fid_floor_split",
     None,
@@ -68,13 +59,7 @@ def main(argv):
         )
     from vim_tf.eval import evaluator
 
-    sampling = dict(
-        temperature=FLAGS.temperature,
-        top_k=FLAGS.top_k,
-        top_p=FLAGS.top_p,
-        cfg_scale=FLAGS.cfg_scale,
-        seed=FLAGS.seed,
-    )
+    sampling = cli.sampling_settings()
     if FLAGS.saved_model:
         evaluator.evaluate_export(
             FLAGS.saved_model,

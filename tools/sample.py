@@ -18,11 +18,7 @@ flags.DEFINE_string("model_dir", None, "A trained prior's model dir.")
 flags.DEFINE_string("output_dir", None, "Where samples.npz and grid.png go.")
 flags.DEFINE_integer("num_samples", 100, "Number of samples.")
 flags.DEFINE_list("class_ids", [], "Classes to sample (default: all, evenly).")
-flags.DEFINE_float("temperature", 1.0, "Softmax temperature (> 0).")
-flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0: off).")
-flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass in (0, 1] (1: off).")
-flags.DEFINE_float("cfg_scale", 1.0, "Classifier-free guidance scale (1: off).")
-flags.DEFINE_integer("seed", 0, "Random seed: the same seed gives the same samples.")
+cli.define_sampling_flags()
 flags.DEFINE_integer("batch_size", 100, "Samples per batch.")
 flags.DEFINE_float(
     "acceptance_rate",
@@ -52,12 +48,8 @@ def main(argv):
         FLAGS.output_dir,
         FLAGS.num_samples,
         FLAGS.class_ids,
-        FLAGS.temperature,
-        FLAGS.top_k,
-        FLAGS.top_p,
-        FLAGS.cfg_scale,
-        FLAGS.seed,
-        FLAGS.batch_size,
+        batch_size=FLAGS.batch_size,
+        **cli.sampling_settings(),
         acceptance_rate=FLAGS.acceptance_rate,
         classifier=FLAGS.classifier,
         jit_compile=FLAGS.jit_compile,

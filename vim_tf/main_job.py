@@ -113,49 +113,23 @@ def run(output_dir, extra_bindings=()):
         )
     tokens_flags = (f"--quantizer_dir={q_dir}", f"--gin_bindings=TOKEN_DIR = '{token_dir}'")
     p.train("train prior", "digits_vim_tokens.gin", prior_dir, *tokens_flags)
+
+    def score_prior(label, output, *flags):
+        """1,000 prior samples scored by the classifier (plus the test NLL)."""
+        args = [f"--model_dir={prior_dir}", f"--output={output}", f"--classifier={c_dir}"]
+        return p.once(
+            label, output, prior_dir, ["tools/evaluate.py", *args, "--num_samples=1000", *flags]
+        )
+
     p_json = os.path.join(prior_dir, "metrics.json")
-    p_metrics = p.once(
-        "evaluate prior",
-        p_json,
-        prior_dir,
-        [
-            "tools/evaluate.py",
-            f"--model_dir={prior_dir}",
-            f"--output={p_json}",
-            f"--classifier={c_dir}",
-            "--num_samples=1000",
-            "--fid_floor_split=train",
-        ],
-    )
+    p_metrics = score_prior("evaluate prior", p_json, "--fid_floor_split=train")
     r_json = os.path.join(prior_dir, "metrics_acceptance_0.5.json")
-    r_metrics = p.once(
-        "evaluate prior, rejection 0.5",
-        r_json,
-        prior_dir,
-        [
-            "tools/evaluate.py",
-            f"--model_dir={prior_dir}",
-            f"--output={r_json}",
-            f"--classifier={c_dir}",
-            "--num_samples=1000",
-            "--acceptance_rate=0.5",
-        ],
-    )
+    r_metrics = score_prior("evaluate prior, rejection 0.5", r_json, "--acceptance_rate=0.5")
     # The prior trains with class dropout; classifier-free guidance at this scale is the setting
     # digits_vim.gin recommends (the unguided scores above are the paper's setting).
     g_json = os.path.join(prior_dir, f"metrics_cfg_{CFG_SCALE:g}.json")
-    g_metrics = p.once(
-        f"evaluate prior, guidance {CFG_SCALE:g}",
-        g_json,
-        prior_dir,
-        [
-            "tools/evaluate.py",
-            f"--model_dir={prior_dir}",
-            f"--output={g_json}",
-            f"--classifier={c_dir}",
-            "--num_samples=1000",
-            f"--cfg_scale={CFG_SCALE}",
-        ],
+    g_metrics = score_prior(
+        f"evaluate prior, guidance {CFG_SCALE:g}", g_json, f"--cfg_scale={CFG_SCALE}"
     )
     p.once(
         "sample grid",

@@ -13,7 +13,7 @@ import functools
 import os
 import sys
 
-from absl import app, logging
+from absl import app, flags, logging
 
 USER_ERRORS = (ValueError, OSError, SyntaxError)
 EXIT_USER_ERROR = 2
@@ -40,3 +40,24 @@ def guard(main):
 def run(main):
     """`absl.app.run(main)` with user errors reported as one line (see the module docstring)."""
     app.run(guard(main))
+
+
+def define_sampling_flags():
+    """Defines --temperature --top_k --top_p --cfg_scale --seed (the sampling settings shared by
+    tools/sample.py and tools/evaluate.py); `sampling_settings()` reads them back as a dict."""
+    flags.DEFINE_float("temperature", 1.0, "Sampling: softmax temperature (> 0).")
+    flags.DEFINE_integer("top_k", 0, "Sampling: keep the k most likely tokens (0: off).")
+    flags.DEFINE_float("top_p", 1.0, "Sampling: nucleus mass in (0, 1] (1: off).")
+    flags.DEFINE_float(
+        "cfg_scale",
+        1.0,
+        "Sampling: classifier-free guidance scale (1: off; needs a prior trained with "
+        "VIM.class_dropout > 0).",
+    )
+    flags.DEFINE_integer("seed", 0, "Sampling: random seed (the same seed, the same samples).")
+
+
+def sampling_settings():
+    """The flags of `define_sampling_flags` as {temperature, top_k, top_p, cfg_scale, seed}."""
+    names = ("temperature", "top_k", "top_p", "cfg_scale", "seed")
+    return {name: getattr(flags.FLAGS, name) for name in names}
