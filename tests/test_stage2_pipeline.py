@@ -109,13 +109,28 @@ class Stage2PipelineTest(TestCase):
         for b in input_pipeline.make_dataset(split="test", training=False):
             images.append(b["image"].numpy())
             labels.append(b["label"].numpy())
-        expected = quantizer.encode(np.concatenate(images)).numpy().reshape(360, -1)
+        images = np.concatenate(images)
+        expected = quantizer.encode(images).numpy().reshape(360, -1)
         got = list(
             tokens.make_token_dataset(
                 token_dir=token_dir, split="test", batch_size=1000, training=False
             )
         )[0]
-        np.testing.assert_array_equal(got["tokens"].numpy(), expected)
+        got_tokens = got["tokens"].numpy()
+        # The shards were encoded in batches of 256, the reference in one batch of 360: matmul
+        # kernels may round differently per batch shape, which can flip the argmax only where two
+        # codes are (nearly) equally close. Any differing token must be such a tie.
+        differ = np.argwhere(got_tokens != expected)
+        self.assertLessEqual(len(differ), 3, f"{len(differ)} tokens differ")
+        if len(differ):
+            z, _ = quantizer.quantizer.lookup(quantizer.encoder(images, training=False))
+            dots = np.einsum(
+                "bnd,kd->bnk", z.numpy(), np.asarray(quantizer.quantizer.normalized_codebook())
+            )
+            for b, n in differ:
+                self.assertAlmostEqual(
+                    dots[b, n, got_tokens[b, n]], dots[b, n, expected[b, n]], delta=1e-5
+                )
         np.testing.assert_array_equal(got["label"].numpy(), np.concatenate(labels))
 
         p_dir = os.path.join(self.get_temp_dir(), "prior_tokens")
