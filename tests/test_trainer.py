@@ -114,6 +114,28 @@ class TrainerTest(TestCase):
         )
         self.assertTrue(os.path.exists(saved["reconstruction_grid"]))
 
+    def test_jit_compile_except_adversarial_compiles_the_autoencoder_phase_only(self):
+        with mock.patch.object(trainer.logging, "info") as info:
+            model = self._train(
+                os.path.join(self.get_temp_dir(), "mixed"),
+                "train.jit_compile = 'except_adversarial'",
+            )
+        logs = [call.args[0] % call.args[1:] for call in info.call_args_list]
+        phases = [r for r in logs if r.startswith("train step from")]
+        self.assertEqual(
+            phases,
+            ["train step from step 0: XLA-compiled", "train step from step 3: graph mode (no XLA)"],
+        )
+        self.assertEqual(int(model.step), 6)
+        self.assertEqual(int(model.discriminator_optimizer.iterations), 3)
+
+    def test_bad_jit_compile_is_named(self):
+        with self.assertRaisesRegex(
+            ValueError,
+            r"train.jit_compile must be one of \[False, True, 'except_adversarial'\], got 'yes'",
+        ):
+            self._train(os.path.join(self.get_temp_dir(), "x"), "train.jit_compile = 'yes'")
+
     def test_watch_scores_every_checkpoint_until_the_last(self):
         from vim_tf.eval import watcher
 

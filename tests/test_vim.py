@@ -5,6 +5,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from vim_tf.models.vim import VIM
+from vim_tf.testing import xla_check
 from vim_tf.testing.test_case import TestCase
 from vim_tf.training import optimizers
 
@@ -100,6 +101,21 @@ class VIMTest(TestCase, parameterized.TestCase):
         )
         loss, _ = model.nll(tokens, tf.zeros([8], tf.int32))
         self.assertAllClose(loss, tf.reduce_mean(ce))
+
+    def test_xla_train_step_equals_graph_step(self):
+        # What train.jit_compile = True runs for the digits priors.
+        model = make_prior()
+        rng = np.random.default_rng(3)
+        data = {
+            "tokens": tf.constant(rng.integers(0, 11, (8, 9)), tf.int32),
+            "label": tf.constant(rng.integers(0, 3, (8,)), tf.int32),
+        }
+        graph, xla, initial, graph_m, xla_m = xla_check.graph_and_xla_updates(model, data)
+        self.assertGreater(xla_check.moved_fraction(xla, initial), 0.9)
+        for w, a, b in zip(model.weights, graph, xla):
+            self.assertAllClose(a, b, rtol=1e-4, atol=1e-6, msg=w.path)
+        for k in graph_m:
+            self.assertAllClose(graph_m[k], xla_m[k], rtol=1e-4, atol=1e-6, msg=k)
 
     def test_features(self):
         model = make_prior()

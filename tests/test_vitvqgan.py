@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from vim_tf.losses import adversarial
 from vim_tf.models.vitvqgan import ViTVQGAN
+from vim_tf.testing import xla_check
 from vim_tf.testing.test_case import TestCase
 from vim_tf.training import optimizers
 
@@ -90,6 +91,22 @@ class ViTVQGANTest(TestCase):
         # Lazy R1 every 2 discriminator steps: 2 of the 4 steps computed it.
         self.assertAllClose(model._trackers["r1_penalty"].count, 2.0)
         self.assertAllClose(model._trackers["discriminator_loss"].count, 4.0)
+
+    def test_xla_train_step_equals_graph_step(self):
+        # The autoencoder step (what train.jit_compile='except_adversarial' compiles), with the
+        # quantizer's straight-through estimator and the VQ losses.
+        model = make_model(disc_start_step=100, restart_dead_codes=False)
+        graph, xla, initial, graph_m, xla_m = xla_check.graph_and_xla_updates(model, batch())
+        trained = {id(v) for v in model.generator_variables}
+        pick = [i for i, w in enumerate(model.weights) if id(w) in trained]
+        self.assertGreater(
+            xla_check.moved_fraction([xla[i] for i in pick], [initial[i] for i in pick]), 0.9
+        )
+        for w, a, b in zip(model.weights, graph, xla):
+            self.assertAllClose(a, b, rtol=1e-4, atol=1e-6, msg=w.path)
+        self.assertEqual(graph_m.keys(), xla_m.keys())
+        for k in graph_m:
+            self.assertAllClose(graph_m[k], xla_m[k], rtol=1e-4, atol=1e-6, msg=k)
 
     def test_generator_loss_composition(self):
         model = make_model(

@@ -35,6 +35,7 @@ TINY_VIM = (
     "WarmupHoldExponential.decay_start = 2",
     "train.log_every = 2",
     "train.image_every = 4",
+    "train.jit_compile = False",
 )
 
 TINY_CLASSIFIER = (
