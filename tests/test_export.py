@@ -481,5 +481,55 @@ class ExportTest(TestCase):
         self.assertTrue(os.path.exists(os.path.join(out_dir, "1", "saved_model.pb")))
 
 
+class GuidanceRefusalTest(TestCase):
+    """The served generate signature refuses guidance where tools/sample.py does (no training)."""
+
+    def _generate(self, class_dropout):
+        from vim_tf.models.vim import VIM
+        from vim_tf.models.vitvqgan import ViTVQGAN
+
+        stack = {"num_layers": 1, "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32}
+        prior = VIM(
+            **stack,
+            grid_size=GRID,
+            codebook_size=CODES,
+            dropout=0.0,
+            num_classes=3,
+            class_dropout=class_dropout,
+        )
+        prior.quantizer = ViTVQGAN(
+            image_size=SIZE,
+            patch_size=SIZE // GRID,
+            encoder=stack,
+            decoder=stack,
+            codebook_size=CODES,
+            code_dim=4,
+            adversarial_weight=0.0,
+        )
+        prior.quantizer.build()
+        prior.build()
+        fns = {name: fn for name, fn, _ in exporter.prior_endpoints(prior, 1, 3)}
+        return lambda cfg_scale: fns["generate"](
+            tf.constant([0, 2]),
+            tf.constant(1.0),
+            tf.constant(0),
+            tf.constant(1.0),
+            tf.constant(cfg_scale),
+            tf.constant(4),
+        )
+
+    def test_guidance_needs_class_dropout(self):
+        generate_fn = self._generate(class_dropout=0.0)
+        self.assertEqual(generate_fn(1.0)["tokens"].shape, (2, GRID, GRID))
+        with self.assertRaisesRegex(
+            tf.errors.InvalidArgumentError, r"VIM.class_dropout > 0(.|\n)*got(.|\n)*\b2\b"
+        ):
+            generate_fn(2.0)
+        # Trained with class dropout: the same call is served.
+        tokens = self._generate(class_dropout=0.1)(2.0)["tokens"].numpy()
+        self.assertEqual(tokens.shape, (2, GRID, GRID))
+        self.assertTrue(((tokens >= 0) & (tokens < CODES)).all())
+
+
 if __name__ == "__main__":
     tf.test.main()

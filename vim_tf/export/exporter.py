@@ -208,6 +208,17 @@ def prior_endpoints(prior, feature_layer, feature_class_id):
                     tf.shape(class_ids),
                 ),
             ]
+            if not prior.class_dropout:
+                # As generate.check_guidance: the null class of such a prior is untrained.
+                checks.append(
+                    _check(
+                        tf.equal(cfg_scale, 1.0),
+                        "cfg_scale must be 1: classifier-free guidance needs a prior trained "
+                        "with VIM.class_dropout > 0 and this one had class_dropout=0 (its null "
+                        "class is untrained); got",
+                        cfg_scale,
+                    )
+                )
             return sample(class_ids, temperature, top_k, top_p, cfg_scale, seed, checks)
 
         first = tf.TensorSpec([None], tf.int32, name="class_ids")
