@@ -4,6 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from vim_tf.training import trainer
+
 
 def graph_and_xla_updates(model, data, steps=2, learning_rate=0.05):
     """Runs `steps` train steps in graph mode, then the same steps XLA-compiled from the same state.
@@ -16,17 +18,10 @@ def graph_and_xla_updates(model, data, steps=2, learning_rate=0.05):
       (graph_weights, xla_weights, initial_weights, graph_metrics, xla_metrics): lists of numpy
       arrays for every weight of the model, and the two runs' final metric dicts (floats).
     """
-    names = model.optimizer_names
-    model.compile(
-        **{
-            n: keras.optimizers.SGD(learning_rate)
-            for n in names
-            if n != "discriminator" or getattr(model, "discriminator", None) is not None
-        }
-    )
+    names = trainer.optimizer_names(model)
+    model.compile(**{n: keras.optimizers.SGD(learning_rate) for n in names})
     model.build_optimizers()
-    opts = [getattr(model, f"{n}_optimizer", None) for n in names]
-    opts = [o for o in opts if o is not None]
+    opts = [getattr(model, f"{n}_optimizer") for n in names]
     initial = [w.numpy() for w in model.weights]
     runs = []
     for jit in (False, True):
@@ -42,6 +37,20 @@ def graph_and_xla_updates(model, data, steps=2, learning_rate=0.05):
         runs.append(([w.numpy() for w in model.weights], {k: float(v) for k, v in metrics.items()}))
     (graph_w, graph_m), (xla_w, xla_m) = runs
     return graph_w, xla_w, initial, graph_m, xla_m
+
+
+def assert_same_updates(test, model, data, trained=None):
+    """Asserts (on `test`, a tf.test.TestCase) that graph and XLA steps give the same weights and
+    metrics, and that most of the `trained` variables (default: every weight) moved."""
+    graph, xla, initial, graph_m, xla_m = graph_and_xla_updates(model, data)
+    trained = {id(v) for v in (model.weights if trained is None else trained)}
+    pick = [i for i, w in enumerate(model.weights) if id(w) in trained]
+    test.assertGreater(moved_fraction([xla[i] for i in pick], [initial[i] for i in pick]), 0.9)
+    for w, a, b in zip(model.weights, graph, xla):
+        test.assertAllClose(a, b, rtol=1e-4, atol=1e-6, msg=w.path)
+    test.assertEqual(graph_m.keys(), xla_m.keys())
+    for k in graph_m:
+        test.assertAllClose(graph_m[k], xla_m[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
 def moved_fraction(weights, initial):
