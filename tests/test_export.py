@@ -186,8 +186,8 @@ class ExportTest(TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        root = cls.root = tf.compat.v1.test.get_temp_dir()
-        data_dir = os.path.join(root, "tfds")
+        root = cls.root = cls.class_temp_dir()
+        data_dir = cls.shared_data_dir()
         cls.dirs = {k: os.path.join(root, k) for k in "qpuc"}
         _train(
             cls.dirs["q"],

@@ -3,7 +3,6 @@
 import os
 
 import gin
-import tensorflow as tf
 
 from vim_tf.eval import evaluator
 from vim_tf.export import exporter
@@ -16,8 +15,8 @@ class SavedModelEvalTest(TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        root = tf.compat.v1.test.get_temp_dir()
-        cls.data_dir = os.path.join(root, "tfds")
+        root = cls.class_temp_dir()
+        cls.data_dir = cls.shared_data_dir()
         cls.q_dir = os.path.join(root, "q")
         cls.c_dir = os.path.join(root, "c")
         cls.p_dir = os.path.join(root, "p")

@@ -20,8 +20,8 @@ class Stage2PipelineTest(TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        root = tf.compat.v1.test.get_temp_dir()
-        cls.data_dir = os.path.join(root, "tfds")
+        root = cls.class_temp_dir()
+        cls.data_dir = cls.shared_data_dir()
         cls.q_dir = os.path.join(root, "quantizer")
         train_tiny_quantizer(cls.q_dir, cls.data_dir)
 
