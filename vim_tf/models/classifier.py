@@ -7,6 +7,7 @@ import tensorflow as tf
 from keras import ops
 
 from vim_tf.config import checks
+from vim_tf.models import randomness
 from vim_tf.training import guard
 
 
@@ -73,7 +74,9 @@ class ImageClassifier(keras.Model):
                 )
                 setattr(self, f"bn_{i}_{j}", keras.layers.BatchNormalization())
         self.feature = keras.layers.Dense(self.feature_dim, name="feature")
-        self.drop = keras.layers.Dropout(self.dropout)
+        self.drop = randomness.ReplicaDropout(self.dropout)
+        # The augmentation's random shifts, different on each replica.
+        self.shift_seed = keras.random.SeedGenerator(name="shift_seed")
         # Output head in float32 under mixed precision (softmax cross-entropy on its logits).
         self.logits = keras.layers.Dense(self.num_classes, name="logits", dtype="float32")
         self._trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", "accuracy")}
@@ -127,7 +130,11 @@ class ImageClassifier(keras.Model):
             return images
         size = self.image_size
         padded = tf.pad(images, [[0, 0], [s, s], [s, s], [0, 0]])
-        return tf.image.random_crop(padded, tf.stack([tf.shape(images)[0], size, size, 3]))
+        return tf.image.stateless_random_crop(
+            padded,
+            tf.stack([tf.shape(images)[0], size, size, 3]),
+            seed=randomness.replica_seed(self.shift_seed),
+        )
 
     def train_step(self, data):
         images = self.augment(data["image"])

@@ -16,11 +16,10 @@ import tensorflow as tf
 from keras import ops
 
 from vim_tf.config import checks
-from vim_tf.models import sampling
+from vim_tf.models import randomness, sampling
 from vim_tf.models.vit import TransformerStack
 from vim_tf.models.vitvqgan import load_quantizer
 from vim_tf.training import guard
-from vim_tf.utils import images as image_utils
 from vim_tf.utils import model_dir as model_dir_lib
 
 
@@ -116,7 +115,9 @@ class VIM(keras.Model):
         # Output head in float32 under mixed precision: logits over the whole codebook feed the
         # softmax cross-entropy and sampling (its input is cast up to float32).
         self.head = keras.layers.Dense(codebook_size, name="head", dtype="float32")
-        self.embed_dropout = keras.layers.Dropout(dropout)
+        self.embed_dropout = randomness.ReplicaDropout(dropout)
+        # Class dropout's draws: seeded like the layers' dropout, different on each replica.
+        self.class_dropout_seed = keras.random.SeedGenerator(name="class_dropout_seed")
         self._trackers = {
             n: keras.metrics.Mean(name=n) for n in ("loss", "bits_per_token", "accuracy")
         }
@@ -234,14 +235,20 @@ class VIM(keras.Model):
         tokens = tf.stop_gradient(self.quantizer.encode(data["image"]))
         return ops.reshape(tokens, (-1, self.seq_len))
 
+    def drop_classes(self, class_ids):
+        """Training's class dropout: each id becomes the null class with probability
+        `class_dropout` (a different draw on each replica). class_ids: int32 [B]."""
+        if self.class_dropout == 0:
+            return class_ids
+        drop = randomness.uniform(self.class_dropout_seed, tf.shape(class_ids)) < self.class_dropout
+        return tf.where(drop, self.null_class, class_ids)
+
     def train_step(self, data):
         tokens = self.tokenize(data)
         class_ids = ops.cast(
             data.get("label", ops.zeros((ops.shape(tokens)[0],), "int32")), "int32"
         )
-        if self.class_dropout > 0:
-            drop = tf.random.uniform(tf.shape(class_ids)) < self.class_dropout
-            class_ids = tf.where(drop, self.null_class, class_ids)
+        class_ids = self.drop_classes(class_ids)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             loss, acc = self.nll(tokens, class_ids, training=True)
@@ -396,20 +403,17 @@ class VIM(keras.Model):
         return self.quantizer.decode(tokens)
 
     def summary_images(self, batch, per_class=4):
-        """A sample grid: one row per class (up to 10), `per_class` samples each."""
+        """Traceable image summaries: {'samples': ([classes * per_class, H, W, 3], classes)}.
+
+        One row per class (up to 10), `per_class` samples each, with a fixed seed so successive
+        summaries show how the same draws evolve; {} without a quantizer to decode them.
+        """
+        del batch  # samples do not depend on the data
         if self.quantizer is None:
             return {}
         classes = min(self.num_classes, 10) if self.num_classes else 1
         class_ids = tf.repeat(tf.range(classes, dtype=tf.int32), per_class)
-        if getattr(self, "_summary_sampler", None) is None:
-            # Bypasses Keras attribute tracking: a traced function is not model state.
-            object.__setattr__(
-                self,
-                "_summary_sampler",
-                tf.function(lambda c: self.decode(self.sample_tokens(c, seed=0))),
-            )
-        images = self._summary_sampler(class_ids).numpy()
-        return {"samples": image_utils.make_grid(images, rows=classes)[None]}
+        return {"samples": (self.decode(self.sample_tokens(class_ids, seed=0)), classes)}
 
     def model_info(self):
         info = {
@@ -417,7 +421,7 @@ class VIM(keras.Model):
             "grid_size": self.grid_size,
             "codebook_size": self.codebook_size,
             "num_classes": self.num_classes,
-            "quantizer_dir": os.path.abspath(self.quantizer_dir) if self.quantizer_dir else None,
+            "quantizer_dir": _absolute(self.quantizer_dir) if self.quantizer_dir else None,
         }
         if self.quantizer is not None:
             info["image_size"] = self.quantizer.image_size
@@ -438,3 +442,8 @@ class VIM(keras.Model):
             class_dropout=self.class_dropout,
         )
         return config
+
+
+def _absolute(path):
+    """A local path made absolute; a filesystem URL (gs://, ram://, ...) kept as it is."""
+    return path if "://" in str(path) else os.path.abspath(path)

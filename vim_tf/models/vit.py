@@ -10,6 +10,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from vim_tf.models import randomness
+
 
 def sincos_2d_posemb(height, width, dim, temperature=10000.0):
     """Fixed 2-D sine-cosine positional embedding (MAE / MoCo v3 style).
@@ -76,7 +78,7 @@ class Attention(keras.layers.Layer):
         self.qkv_bias = self.add_weight(name="qkv_bias", shape=(3 * dim,), initializer="zeros")
         self.out_kernel = self.add_weight(name="out_kernel", shape=(dim, dim), initializer=init)
         self.out_bias = self.add_weight(name="out_bias", shape=(dim,), initializer="zeros")
-        self.attn_dropout = keras.layers.Dropout(self.dropout)
+        self.attn_dropout = randomness.ReplicaDropout(self.dropout)
 
     def split_heads(self, x):
         """[B, N, 3D] -> q, k, v each [B, heads, N, head_dim]."""
@@ -144,7 +146,7 @@ class TransformerBlock(keras.layers.Layer):
         self.ln_2 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_2")
         self.mlp_in = keras.layers.Dense(mlp_dim, name="mlp_in")
         self.mlp_out = None  # built once the width is known
-        self.drop = keras.layers.Dropout(dropout)
+        self.drop = randomness.ReplicaDropout(dropout)
 
     def build(self, input_shape):
         dim = input_shape[-1]

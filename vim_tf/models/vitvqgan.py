@@ -2,7 +2,6 @@
 
 import gin
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 from keras import ops
@@ -443,11 +442,14 @@ class ViTVQGAN(keras.Model):
 
     # ----------------------------------------------------------------- summaries
     def summary_images(self, batch, max_images=8):
-        """Inputs above reconstructions: {'reconstructions': uint8 [1, 2H, nW, 3]}."""
+        """Traceable image summaries: {'reconstructions': ([2n, H, W, 3] float32 in [0, 1], 2)}.
+
+        Inputs (first row) above their reconstructions (second row); the trainer runs this on a
+        replica's device and lays the images out as a grid with the given number of rows.
+        """
         images = batch["image"][:max_images]
         rec = self.reconstruct(images)
-        grid = image_utils.make_grid(np.concatenate([np.asarray(images), np.asarray(rec)]), rows=2)
-        return {"reconstructions": grid[None]}
+        return {"reconstructions": (ops.concatenate([ops.cast(images, "float32"), rec], 0), 2)}
 
     def model_info(self):
         """What a stage-2 prior needs to know about this quantizer (written to the model dir)."""

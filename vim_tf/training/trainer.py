@@ -19,6 +19,7 @@ import threading
 import time
 
 import gin
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -127,8 +128,9 @@ def train(
       steps_per_loop: steps run inside one tf.function call (default: min(log_every, 10)). A
         SIGTERM is acted on between loops, so this bounds the reaction time.
       keep_checkpoints: newest checkpoints kept on disk.
-      seed: data-order seed (offset by the resume step, so a resumed run does not replay the
-        first batches).
+      seed: seeds the initial weights and the dropout draws (`keras.utils.set_random_seed`) and
+        the data order (offset by the resume step, so a resumed run does not replay the first
+        batches).
       jit_compile: XLA-compile the train step: True, False, or 'except_adversarial' (XLA for
         the phases in which the model's discriminator is off, `model.adversarial_active` False;
         graph mode once it is on). On CPU, XLA speeds up the transformer steps (~1.35x stage 1,
@@ -169,6 +171,8 @@ def train(
     chief = distribute.is_chief(strategy)
     out_dir = distribute.worker_dir(model_dir, strategy)
     _check_writable(out_dir)
+    # The initial weights and the dropout seeds follow from `seed` (every worker alike).
+    keras.utils.set_random_seed(seed)
     model = build_model(strategy, **(model_kwargs or {}))
     if chief:
         # After the model is built: a configuration error leaves the model dir untouched.
@@ -228,6 +232,9 @@ def train(
         return jit_compile
 
     stop_on_nonfinite = nonfinite == "stop"
+    # In 'stop' mode the guard applies no update after a skipped one, so the loop needs no
+    # per-step check (a host round trip on TPU): the stop is decided after the loop.
+    state.halt_after_skip = stop_on_nonfinite
 
     def make_loop():
         step_fn = model.train_step
@@ -236,15 +243,12 @@ def train(
 
         @tf.function
         def loop(it, num_steps):
-            skipped_before = state.skipped.read_value()
             for _ in tf.range(num_steps):
                 strategy.run(step_fn, args=(next(it),))
-                # A skipped update in 'stop' mode ends the loop at once.
-                if stop_on_nonfinite:
-                    if state.skipped > skipped_before:
-                        break
 
         return loop
+
+    summaries = _ImageSummaries(model, strategy, summary_batch)
 
     def last_good():
         return manager.latest_checkpoint or "none (no checkpoint was written yet)"
@@ -357,16 +361,14 @@ def train(
                     last_good,
                 )
                 t_log, steps_since_log = time.time(), 0
-            if (step % image_every == 0 or step == train_steps) and hasattr(
-                model, "summary_images"
-            ):
-                grids = model.summary_images(summary_batch)
+            if step % image_every == 0 or step == train_steps:
+                grids = summaries.grids()
                 with writer.as_default(step=step):
                     for k, grid in grids.items():
-                        tf.summary.image(f"images/{k}", grid, step=step)
+                        tf.summary.image(f"images/{k}", grid[None], step=step)
                 if chief:
                     for k, grid in grids.items():
-                        image_utils.save_png(os.path.join(model_dir, f"{k}.png"), grid[0], scale=2)
+                        image_utils.save_png(os.path.join(model_dir, f"{k}.png"), grid, scale=2)
             if step % checkpoint_every == 0 or step == train_steps:
                 save(step)
             writer.flush()
@@ -378,6 +380,41 @@ def train(
         gin_utils.save_operative_config(model_dir)
     distribute.remove_worker_dir(model_dir, strategy)
     return model
+
+
+class _ImageSummaries:
+    """The model's `summary_images`, computed on the accelerator and laid out as grids.
+
+    `model.summary_images(batch)` is traced once into a function that runs through
+    `strategy.run` (compiled for the device on TPU, with the mirrored weights where they live)
+    and returns {name: (images [n, H, W, 3] in [0, 1], rows)}; replica 0's images are copied to
+    the host once per summary, never per step.
+    """
+
+    def __init__(self, model, strategy, batch):
+        self._model = model
+        self._strategy = strategy
+        self._batch = batch
+        self._fn = None
+        self._rows = {}
+
+    def _images(self, batch):
+        out = self._model.summary_images(batch)
+        self._rows = {k: rows for k, (_, rows) in out.items()}
+        return {k: images for k, (images, _) in out.items()}
+
+    def grids(self):
+        """{name: uint8 [H', W', 3] grid}; {} for a model without image summaries."""
+        if not hasattr(self._model, "summary_images"):
+            return {}
+        if self._fn is None:
+            self._fn = tf.function(lambda b: self._strategy.run(self._images, args=(b,)))
+        out = self._fn(self._batch)
+        grids = {}
+        for k, images in out.items():
+            first = self._strategy.experimental_local_results(images)[0]
+            grids[k] = image_utils.make_grid(np.asarray(first), rows=self._rows[k])
+        return grids
 
 
 def _log(model, writer, step, train_steps, global_batch, steps, elapsed, skipped, last_good):
