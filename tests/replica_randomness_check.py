@@ -83,7 +83,9 @@ def main(argv=None):
         "shift": (
             classifier,
             lambda m, x: tf.concat([m.augment(x) for _ in range(8)], 0),
-            tf.reshape(tf.tile(tf.one_hot([8 * 16 + 8], 256)[:, :, None], [1, 1, 3]), (1, 16, 16, 3)),
+            tf.reshape(
+                tf.tile(tf.one_hot([8 * 16 + 8], 256)[:, :, None], [1, 1, 3]), (1, 16, 16, 3)
+            ),
         ),
     }
     out = {}

@@ -34,7 +34,9 @@ def _run(case, output, *extra):
 
 
 class TpuContractTest(TestCase, parameterized.TestCase):
-    @parameterized.parameters("quantizer", "prior_class_dropout", "prior_unconditional", "classifier")
+    @parameterized.parameters(
+        "quantizer", "prior_class_dropout", "prior_unconditional", "classifier"
+    )
     def test_reductions_are_tpu_dtypes_and_steps_compile(self, case):
         out = _run(case, os.path.join(self.get_temp_dir(), f"{case}.json"))
         self.assertEqual(out["violations"], [])

@@ -120,9 +120,7 @@ class ReductionChecker:
 
         self._wrap(tf.distribute.ReplicaContext, "all_reduce", lambda op, value, *a, **k: value)
         self._wrap(tf.distribute.ReplicaContext, "all_gather", lambda value, *a, **k: value)
-        self._wrap(
-            tf.distribute.StrategyExtended, "reduce_to", lambda op, value, *a, **k: value
-        )
+        self._wrap(tf.distribute.StrategyExtended, "reduce_to", lambda op, value, *a, **k: value)
         self._wrap(
             tf.distribute.StrategyExtended,
             "batch_reduce_to",

@@ -18,7 +18,6 @@ so checkpoints are the same with or without it.
 import tensorflow as tf
 from keras import optimizers as keras_optimizers
 
-
 # The dtype of the "non-finite here" flag summed across replicas: int32, the widest integer type
 # TPU's cross-replica sum accepts (the TPU contract test checks every reduction's dtype).
 FLAG_DTYPE = tf.int32
