@@ -287,3 +287,37 @@ class ProcessFaultTest(_Base):
 
 if __name__ == "__main__":
     tf.test.main()
+
+
+class GuardHaltTest(TestCase):
+    """`train.nonfinite='stop'` is decided after a loop, not per step: once a step was skipped,
+    the guard applies no later update of the loop, so the run stops with the weights of before
+    the bad step; in 'skip' mode later finite updates go on."""
+
+    def _apply(self, halt_after_skip, grads_per_step):
+        import keras
+
+        var = keras.Variable(1.0)
+        opt = keras.optimizers.SGD(learning_rate=1.0)
+        opt.build([var])
+        holder = keras.layers.Layer()
+        state = guard.attach(holder, halt_after_skip=halt_after_skip)
+        applied = []
+        for g in grads_per_step:
+            ok = guard.apply_if_finite(
+                holder, opt, [tf.constant(g)], [var], tf.constant(0.0), step=len(applied)
+            )
+            applied.append(bool(ok))
+        return float(var.numpy()), applied, int(state.skipped), int(state.first_step)
+
+    def test_stop_mode_applies_nothing_after_a_skip(self):
+        value, applied, skipped, first = self._apply(True, [0.25, np.nan, 0.5, 0.125])
+        self.assertEqual(applied, [True, False, False, False])
+        self.assertEqual(value, 0.75)  # 1 - 0.25: only the step before the bad one
+        self.assertEqual((skipped, first), (1, 1))  # one skip, at step 1 (0-based)
+
+    def test_skip_mode_goes_on_after_a_skip(self):
+        value, applied, skipped, first = self._apply(False, [0.25, np.nan, 0.5, np.inf])
+        self.assertEqual(applied, [True, False, True, False])
+        self.assertEqual(value, 0.25)  # 1 - 0.25 - 0.5
+        self.assertEqual((skipped, first), (2, 1))
