@@ -108,6 +108,9 @@ class StreamingMathTest(TestCase):
         )
         with self.assertRaisesRegex(ValueError, r"class_ids must be in \[0, 4\).*\[7\]"):
             s.update(np.zeros((1, 3)), logits[:1], np.array([7]))
+        # A refused batch leaves every accumulator as it was.
+        self.assertEqual((s.count, s.score_sums.count), (50, 50))
+        self.assertAllClose(s.class_accuracy(), scores.class_accuracy(logits, ids), atol=1e-12)
 
 
 class FakeSampler:

@@ -12,6 +12,11 @@ The math comes from TF-GAN (`tensorflow_gan.python.eval.classifier_metrics`, loa
 - Inception (classifier) score: exp(E_x[KL(p(y|x) || p(y))]) over softmax(logits).
 - KID: unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3, TF-GAN's block estimator.
 
+These functions take all activations at once; `score_samples` and the prior evaluation stream
+them batch by batch through `vim_tf.eval.streaming_scores` (same math, bounded memory).
+Inception v3 files (SavedModel, frozen GraphDef, Keras weights) load as `ScoringNetwork`s
+through `vim_tf.eval.inception`.
+
 Example:
 
     network = ScoringNetwork.from_keras(classifier, name=f"digits_classifier:{classifier_dir}")
@@ -250,7 +255,7 @@ class ScoringNetwork:
             if concrete is None:
                 raise ValueError(
                     f"{path!r} has no 'scores', 'serving_default' or 'default' signature (it has "
-                    f"{sorted(signatures)}) and the loaded object is not a callable with one "
+                    f"{sorted(signatures)}) and the loaded object is not a callable with a "
                     "traced images -> dict function"
                 )
             where = f"{path}:__call__"
@@ -342,10 +347,10 @@ _CONTRACTS = {
 
 
 def _single_concrete_call(loaded):
-    """The one traced function behind a loaded object's `__call__`, or None."""
+    """The (first) traced function behind a loaded object's `__call__`, or None."""
     call = loaded.__call__ if callable(loaded) else None
     functions = list(getattr(call, "concrete_functions", None) or [])
-    return functions[0] if len(functions) == 1 else None
+    return functions[0] if functions else None
 
 
 def _output_contract(concrete, where):

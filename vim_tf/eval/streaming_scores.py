@@ -187,18 +187,24 @@ class FeatureSample:
             raise ValueError(f"max_size must be >= 2, got {max_size}")
         self.max_size = int(max_size)
         self.count = 0
-        self._rows = None
+        self._chunks = []  # rows while fewer than max_size were added
+        self._rows = None  # [max_size, F] once full
         self._rng = np.random.default_rng(seed)
+
+    @property
+    def width(self):
+        first = self._rows if self._rows is not None else (self._chunks or [None])[0]
+        return None if first is None else first.shape[1]
 
     def update(self, features):
         f = _as_2d(features, "features").astype(np.float32)
-        if self._rows is None:
-            self._rows = np.zeros((0, f.shape[1]), np.float32)
-        if f.shape[1] != self._rows.shape[1]:
-            raise ValueError(f"features of width {f.shape[1]} after width {self._rows.shape[1]}")
-        room = max(0, self.max_size - len(self._rows))
+        if self.width is not None and f.shape[1] != self.width:
+            raise ValueError(f"features of width {f.shape[1]} after width {self.width}")
+        room = max(0, self.max_size - self.count)
         if room:
-            self._rows = np.concatenate([self._rows, f[:room]])
+            self._chunks.append(f[:room])
+            if self.count + len(f) >= self.max_size:
+                self._rows, self._chunks = np.concatenate(self._chunks), []
         # Row t (0-based over everything added) replaces a random kept row with prob. max/(t+1).
         for i in range(room, len(f)):
             j = int(self._rng.integers(0, self.count + i + 1))
@@ -212,10 +218,10 @@ class FeatureSample:
 
     def rows(self):
         """The kept rows [min(count, max_size), F] float32, in a seeded random order."""
-        if self._rows is None:
+        if not self.count:
             raise ValueError("no features were added")
-        order = np.random.default_rng(self.count).permutation(len(self._rows))
-        return self._rows[order]
+        rows = self._rows if self._rows is not None else np.concatenate(self._chunks)
+        return rows[np.random.default_rng(self.count).permutation(len(rows))]
 
 
 class ActivationSummary:
@@ -253,14 +259,15 @@ class ActivationSummary:
         keep_logits=False), class_ids [B] ints in [0, C) (for class accuracy) or None."""
         features = np.asarray(features)
         features = features.reshape(len(features), -1)
+        width = self.moments.width
+        if width is not None and features.shape[1] != width:
+            raise ValueError(f"features of width {features.shape[1]} after width {width}")
         if logits is not None:
             logits = _as_2d(logits, "logits")
             if len(logits) != len(features):
                 raise ValueError(f"{len(features)} feature rows but {len(logits)} logits rows")
-        if self.score_sums is not None:
-            if logits is None:
-                raise ValueError("logits are needed to accumulate the classifier score")
-            self.score_sums.update(logits)
+        if self.score_sums is not None and logits is None:
+            raise ValueError("logits are needed to accumulate the classifier score")
         if class_ids is not None:
             if logits is None:
                 raise ValueError("class accuracy needs the logits")
@@ -274,6 +281,10 @@ class ActivationSummary:
                 raise ValueError(
                     f"class_ids must be in [0, {logits.shape[1]}), got {bad[:5].tolist()}"
                 )
+        # Everything is checked: no accumulator is left half-updated by a bad batch.
+        if self.score_sums is not None:
+            self.score_sums.update(logits)
+        if class_ids is not None:
             hit = np.argmax(logits, 1) == ids
             for c in np.unique(ids):
                 c = int(c)
