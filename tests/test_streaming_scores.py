@@ -215,6 +215,14 @@ class StreamingPriorEvalTest(TestCase):
         self.assertEqual(set(metrics["class_accuracy_per_class"]), {str(c) for c in range(10)})
         self.assertGreater(metrics["fid_floor"], 0.0)
 
+    def test_no_class_accuracy_when_the_classes_differ(self):
+        # A 5-class prior scored by a 10-class network: class ids do not correspond.
+        metrics = prior_eval.score_prior_samples(
+            PlanOnly(5), brightness_network([]), 20, sampler=FakeSampler(), dataset_fn=real_dataset
+        )
+        self.assertNotIn("class_accuracy", metrics)
+        self.assertIn("fid", metrics)
+
     def test_rejection_streams_and_keeps_the_same_samples(self):
         metrics, sampler, network, _ = self.score(0.5, num_samples=60)
         self.assertEqual(len(sampler.handed_out), 2)  # 120 candidates in batches of 100

@@ -99,7 +99,8 @@ def score_prior_samples(
 ):
     """FID / classifier score / KID of `num_samples` samples against the real `real_split`.
 
-    Class-conditional priors sample every class evenly and also get `class_accuracy`; with
+    Class-conditional priors sample every class evenly and also get `class_accuracy` (when
+    the network has as many classes as the prior, so that class ids correspond); with
     `acceptance_rate` < 1 the samples come from classifier rejection sampling. With
     `floor_split`, `fid_floor` is the FID between the real `floor_split` and `real_split` images
     (the best a generator can expect at this sample size and network). `sampler` defaults to
@@ -155,7 +156,15 @@ def score_prior_samples(
         "classifier": network.name,
         "sampling": {**settings, "seed": int(seed)},
     }
-    if with_ids:
+    if with_ids and fake.score_sums.num_classes != model.num_classes:
+        # E.g. the 1008-way Inception graph on a 1000-class prior: class ids do not correspond.
+        logging.warning(
+            "class_accuracy not reported: %s has %d classes, the prior %d",
+            network.name,
+            fake.score_sums.num_classes,
+            model.num_classes,
+        )
+    elif with_ids:
         out["class_accuracy"] = fake.class_accuracy()
         out["class_accuracy_per_class"] = fake.class_accuracy_per_class()
     if floor_split:

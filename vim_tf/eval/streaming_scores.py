@@ -159,6 +159,11 @@ class ClassifierScoreSums:
         np.add.at(self._p, split, p)
         self.count += len(logits)
 
+    @property
+    def num_classes(self):
+        """The logits' width, None before the first batch."""
+        return None if self._p is None else self._p.shape[1]
+
     def score_with_std(self):
         """(mean, population std) of the score over the splits; std is 0.0 for one split."""
         if self.count < 1:
