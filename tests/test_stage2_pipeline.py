@@ -208,7 +208,10 @@ class Stage2PipelineTest(TestCase):
         gin.clear_config()
         settings = dict(temperature=0.9, top_k=5, top_p=0.95, cfg_scale=2.0, seed=7)
         with mock.patch.object(
-            generate.Sampler, "sample", autospec=True, side_effect=generate.Sampler.sample
+            generate.Sampler,
+            "sample_batches",
+            autospec=True,
+            side_effect=generate.Sampler.sample_batches,
         ) as sample:
             guided = evaluator.evaluate(
                 p_dir, os.path.join(self.get_temp_dir(), "g.json"), c_dir, 20, sampling=settings

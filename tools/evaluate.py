@@ -23,10 +23,16 @@ flags.DEFINE_string("output", None, "Where the metrics JSON goes.")
 flags.DEFINE_string(
     "classifier",
     None,
-    "Scoring network: a vim_tf classifier model dir or a "
-    "SavedModel / TF Hub dir mapping images to {features, logits}.",
+    "Scoring network: a vim_tf classifier model dir, a SavedModel / TF Hub dir mapping "
+    "images to {features, logits} or to {pool_3, logits} (TF-GAN's Inception), the FID "
+    "code's frozen classify_image_graph_def.pb, or Keras InceptionV3 weights (*.h5). "
+    "Nothing is downloaded; without it a prior gets no FID/IS/KID.",
 )
-flags.DEFINE_integer("num_samples", 1000, "Prior samples scored (every class evenly).")
+flags.DEFINE_integer(
+    "num_samples",
+    1000,
+    "Prior samples scored (every class evenly), streamed batch by batch through the classifier.",
+)
 flags.DEFINE_float("acceptance_rate", 1.0, "Classifier rejection sampling rate in (0, 1].")
 cli.define_sampling_flags()
 flags.DEFINE_string(

@@ -35,19 +35,19 @@ def load_trained_model(model_dir, checkpoint=None, kinds=model_dir_lib.KINDS, pu
 
 
 def load_scoring_network(path):
-    """The network that scores images: a vim_tf classifier model dir, or a SavedModel / TF Hub
-    module dir whose signature maps images to {"features", "logits"}."""
+    """The network that scores images: a vim_tf classifier model dir, or an Inception v3 /
+    scoring network file in a format `vim_tf.eval.inception.load` detects (SavedModel / TF Hub
+    dir, frozen GraphDef, Keras InceptionV3 weights)."""
+    from vim_tf.eval import inception
     from vim_tf.eval.scores import ScoringNetwork
 
     if os.path.exists(os.path.join(path, model_dir_lib.MODEL_INFO_FILE)):
         model = load_classifier(path)
         return ScoringNetwork.from_keras(model, name=f"vim_tf_classifier:{os.path.abspath(path)}")
-    if not os.path.exists(os.path.join(path, "saved_model.pb")):
-        raise ValueError(
-            f"--classifier={path!r} is neither a vim_tf classifier model dir nor a "
-            "SavedModel / TF Hub module dir (no saved_model.pb)"
-        )
-    return ScoringNetwork.from_saved_model(path)
+    try:
+        return inception.load(path)
+    except ValueError as e:
+        raise ValueError(f"--classifier={path!r}: {e}") from e
 
 
 def load_classifier(classifier_dir):
@@ -117,7 +117,13 @@ def evaluate(
     elif kind == "prior":
         metrics = prior_eval.evaluate_prior(model)
         metrics["quantizer_dir"] = info.get("quantizer_dir")
-        if network is not None:
+        if network is None:
+            logging.warning(
+                "no --classifier: FID, inception_score, KID and class accuracy are not computed "
+                "(nothing is downloaded; pass a vim_tf classifier model dir, or an Inception v3 "
+                "file of your own for the paper's Inception scores)"
+            )
+        else:
             metrics.update(
                 prior_eval.score_prior_samples(
                     model,

@@ -91,27 +91,44 @@ class Sampler:
 
         Batch b draws with seed `seed * 1_000_003 + b`, so results depend on (seed, batch_size).
         """
+        batches = list(
+            self.sample_batches(
+                class_ids, seed, temperature, top_k, top_p, cfg_scale, batch_size, use_cache
+            )
+        )
+        return np.concatenate([t for _, t, _ in batches]), np.concatenate([i for *_, i in batches])
+
+    def sample_batches(
+        self,
+        class_ids,
+        seed=0,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        cfg_scale=1.0,
+        batch_size=100,
+        use_cache=True,
+    ):
+        """Yields (class_ids int32 [B], tokens int32 [B, h, w], images float32 [B, H, W, 3]) one
+        batch at a time (the batches of `sample`, with its seeds), holding no earlier batch."""
         sampling.check_sampling_args(temperature, top_k, top_p, cfg_scale)
         guided = cfg_scale != 1.0
         if guided:
             check_guidance(self.model, cfg_scale)
         fn = self._fn(guided, use_cache)
         n = len(class_ids)
-        tokens, images = [], []
         for b, start in enumerate(range(0, n, batch_size)):
-            c = tf.constant(class_ids[start : start + batch_size], tf.int32)
+            ids = np.asarray(class_ids[start : start + batch_size], np.int32)
             t, im = fn(
-                c,
+                tf.constant(ids),
                 tf.constant(seed * 1_000_003 + b, tf.int32),
                 tf.constant(temperature, tf.float32),
                 tf.constant(top_k, tf.int32),
                 tf.constant(top_p, tf.float32),
                 tf.constant(cfg_scale, tf.float32),
             )
-            tokens.append(t.numpy())
-            images.append(im.numpy())
             logging.info("sampled %d/%d", min(start + batch_size, n), n)
-        return np.concatenate(tokens), np.concatenate(images)
+            yield ids, t.numpy(), im.numpy()
 
 
 def generate(

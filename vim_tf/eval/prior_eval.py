@@ -5,8 +5,10 @@ import math
 import gin
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from vim_tf.data import input_pipeline
+from vim_tf.eval import streaming_scores
 
 
 @gin.configurable(denylist=["model"])
@@ -47,13 +49,18 @@ def evaluate_prior(model, dataset_fn=input_pipeline.make_dataset, split="test", 
     }
 
 
-def real_activations(network, split, dataset_fn=input_pipeline.make_dataset):
-    """Scoring-network features of every image of `split`, streamed batch by batch."""
-    feats = [
-        network.activations(b["image"].numpy())[0]
-        for b in dataset_fn(split=split, training=False, cache=False)
-    ]
-    return np.concatenate(feats)
+def real_summary(
+    network,
+    split,
+    dataset_fn=input_pipeline.make_dataset,
+    kid_max_samples=streaming_scores.DEFAULT_KID_MAX_SAMPLES,
+):
+    """`streaming_scores.ActivationSummary` of the scoring network's features of every image of
+    `split`, streamed batch by batch (no image or feature array kept beyond the KID subset)."""
+    batches = (b["image"].numpy() for b in dataset_fn(split=split, training=False, cache=False))
+    return streaming_scores.ActivationSummary.of_batches(
+        network, batches, kid_max_samples=kid_max_samples
+    )
 
 
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "cfg_scale")
@@ -87,18 +94,27 @@ def score_prior_samples(
     floor_split=None,
     sampling_kwargs=None,
     sampler=None,
+    kid_max_samples=streaming_scores.DEFAULT_KID_MAX_SAMPLES,
+    dataset_fn=input_pipeline.make_dataset,
 ):
     """FID / classifier score / KID of `num_samples` samples against the real `real_split`.
 
-    Class-conditional priors sample every class evenly and also get `class_accuracy`; with
+    Class-conditional priors sample every class evenly and also get `class_accuracy` (when
+    the network has as many classes as the prior, so that class ids correspond); with
     `acceptance_rate` < 1 the samples come from classifier rejection sampling. With
     `floor_split`, `fid_floor` is the FID between the real `floor_split` and `real_split` images
     (the best a generator can expect at this sample size and network). `sampler` defaults to
     `generate.Sampler(model)` (a served model passes its own). `sampling_kwargs`: temperature,
     top_k, top_p, cfg_scale (default: temperature 1, no top-k, top-p or guidance, as in the
     paper); they and the seed are recorded in the result under `sampling`.
+
+    Scoring streams: each batch of samples goes through `network` and is dropped, and only
+    running sums (FID, classifier score, class counts) and a random subset of at most
+    `kid_max_samples` features per image set (KID) are kept, so memory does not grow with
+    `num_samples` (see `vim_tf.eval.streaming_scores`). `sampler` needs
+    `sample_batches(class_ids, seed=, **sampling_kwargs)`. `dataset_fn` gives the real splits.
     """
-    from vim_tf.eval import generate, rejection, scores
+    from vim_tf.eval import generate, rejection
     from vim_tf.models import sampling
 
     settings = dict(temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0)
@@ -110,35 +126,49 @@ def score_prior_samples(
 
     plan = generate.class_plan(num_samples, model.num_classes)
     ids = plan if plan is not None else np.zeros([num_samples], np.int32)
-    _, images, achieved = rejection.rejection_sample(
-        sampler or generate.Sampler(model),
-        network,
-        ids,
-        acceptance_rate,
-        seed=seed,
-        **settings,
-    )
-    fake_features, fake_logits = network.activations(images)
-    real = real_activations(network, real_split)
-    kid, kid_std = scores.kernel_distance(real, fake_features)
+    sampler = sampler or generate.Sampler(model)
+    fake = streaming_scores.ActivationSummary(kid_max_samples, total=len(ids), seed=seed)
+    with_ids = plan is not None
+    if acceptance_rate == 1.0:
+        # One batch of images at a time: sampled, scored, dropped.
+        for batch_ids, _, images in sampler.sample_batches(ids, seed=seed, **settings):
+            fake.add_images(network, images, batch_ids if with_ids else None)
+            del images
+        achieved = 1.0
+    else:
+        kept = rejection.stream_rejection_sample(
+            sampler, network, ids, acceptance_rate, seed=seed, **settings
+        )
+        for features, logits, kept_ids in kept:
+            fake.update(features, logits, kept_ids if with_ids else None)
+        achieved = len(ids) / len(rejection.candidate_plan(ids, acceptance_rate)[2])
+        logging.info("rejection sampling kept %d samples (acceptance %.3f)", len(ids), achieved)
+    real = real_summary(network, real_split, dataset_fn, kid_max_samples)
+    kid, _ = streaming_scores.kernel_distance(real, fake)
     out = {
-        "fid": scores.frechet_distance(real, fake_features),
-        "inception_score": scores.inception_score(fake_logits),
+        "fid": streaming_scores.frechet_distance(real, fake),
+        "inception_score": fake.inception_score(),
         "kid": kid,
         "acceptance_rate": achieved,
-        "num_samples": int(len(images)),
-        "num_real": int(len(real)),
+        "num_samples": int(fake.count),
+        "num_real": int(real.count),
         "real_split": real_split,
         "classifier": network.name,
         "sampling": {**settings, "seed": int(seed)},
     }
-    if plan is not None:
-        out["class_accuracy"] = scores.class_accuracy(fake_logits, plan)
-        predicted = np.argmax(fake_logits, axis=1)
-        out["class_accuracy_per_class"] = {
-            str(c): float(np.mean(predicted[plan == c] == c)) for c in np.unique(plan)
-        }
+    if with_ids and fake.score_sums.num_classes != model.num_classes:
+        # E.g. the 1008-way Inception graph on a 1000-class prior: class ids do not correspond.
+        logging.warning(
+            "class_accuracy not reported: %s has %d classes, the prior %d",
+            network.name,
+            fake.score_sums.num_classes,
+            model.num_classes,
+        )
+    elif with_ids:
+        out["class_accuracy"] = fake.class_accuracy()
+        out["class_accuracy_per_class"] = fake.class_accuracy_per_class()
     if floor_split:
-        out["fid_floor"] = scores.frechet_distance(real_activations(network, floor_split), real)
+        floor = real_summary(network, floor_split, dataset_fn, kid_max_samples=None)
+        out["fid_floor"] = streaming_scores.frechet_distance(floor, real)
         out["fid_floor_splits"] = f"{floor_split} vs {real_split}"
     return out

@@ -51,7 +51,16 @@ class ServedSampler:
     def sample(
         self, class_ids, seed=0, temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0, batch_size=100
     ):
-        tokens, images = [], []
+        batches = list(
+            self.sample_batches(class_ids, seed, temperature, top_k, top_p, cfg_scale, batch_size)
+        )
+        return np.concatenate([t for _, t, _ in batches]), np.concatenate([i for *_, i in batches])
+
+    def sample_batches(
+        self, class_ids, seed=0, temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0, batch_size=100
+    ):
+        """Yields (class_ids [B], tokens [B, h, w], images float32 [B, H, W, 3] in [0, 1]) one
+        batch at a time, as `vim_tf.eval.generate.Sampler.sample_batches`."""
         for b, start in enumerate(range(0, len(class_ids), batch_size)):
             ids = np.asarray(class_ids[start : start + batch_size], np.int32)
             first = (
@@ -69,9 +78,7 @@ class ServedSampler:
                 cfg_scale=tf.constant(cfg_scale, tf.float32),
                 seed=tf.constant(batch_seed),
             )
-            tokens.append(out["tokens"].numpy())
-            images.append(out["images"].numpy().astype(np.float32) / 255.0)
-        return np.concatenate(tokens), np.concatenate(images)
+            yield ids, out["tokens"].numpy(), out["images"].numpy().astype(np.float32) / 255.0
 
 
 def evaluate_saved_model(path, network=None, num_samples=1000, acceptance_rate=1.0, sampling=None):

@@ -12,6 +12,11 @@ The math comes from TF-GAN (`tensorflow_gan.python.eval.classifier_metrics`, loa
 - Inception (classifier) score: exp(E_x[KL(p(y|x) || p(y))]) over softmax(logits).
 - KID: unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3, TF-GAN's block estimator.
 
+These functions take all activations at once; `score_samples` and the prior evaluation stream
+them batch by batch through `vim_tf.eval.streaming_scores` (same math, bounded memory).
+Inception v3 files (SavedModel, frozen GraphDef, Keras weights) load as `ScoringNetwork`s
+through `vim_tf.eval.inception`.
+
 Example:
 
     network = ScoringNetwork.from_keras(classifier, name=f"digits_classifier:{classifier_dir}")
@@ -24,7 +29,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from vim_tf.eval import tfgan_compat
+from vim_tf.eval import streaming_scores, tfgan_compat
 
 
 def _activations_pair(real_activations, fake_activations):
@@ -154,8 +159,11 @@ class ScoringNetwork:
         "logits": [B, C]}` (features with extra dims, e.g. [B, 1, 1, F], are flattened).
       name: which network this is, reported with every score, e.g. "digits_classifier:<path>".
       image_size: (height, width) the network expects, or None; images of another size are
-        resized to it (bilinear) before `fn`.
+        resized to it (bilinear, `tf.image.resize`) before `fn`.
       input_dtype: dtype `fn` takes.
+      input_range: (lo, hi), the values `fn` expects for black and white: images in [0, 1] are
+        mapped to x * (hi - lo) + lo after resizing, e.g. (-1, 1) for Inception networks,
+        (0, 255) for the frozen Inception graph of the original FID code.
 
     Example:
 
@@ -163,7 +171,7 @@ class ScoringNetwork:
         features, logits = network.activations(images)  # [N, F], [N, C] float64
     """
 
-    def __init__(self, fn, name, image_size=None, input_dtype=tf.float32):
+    def __init__(self, fn, name, image_size=None, input_dtype=tf.float32, input_range=(0.0, 1.0)):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
         if not name or not isinstance(name, str):
@@ -174,13 +182,20 @@ class ScoringNetwork:
             image_size = tuple(int(s) for s in image_size)
             if len(image_size) != 2 or min(image_size) < 1:
                 raise ValueError(f"image_size must be (height, width) > 0, got {image_size}")
+        lo, hi = (float(v) for v in input_range)
+        if not lo < hi:
+            raise ValueError(f"input_range must be (lo, hi) with lo < hi, got {input_range}")
         self.fn = fn
         self.name = name
         self.image_size = image_size
         self.input_dtype = tf.as_dtype(input_dtype)
+        self.input_range = (lo, hi)
 
     def __repr__(self):
-        return f"ScoringNetwork(name={self.name!r}, image_size={self.image_size})"
+        return (
+            f"ScoringNetwork(name={self.name!r}, image_size={self.image_size}, "
+            f"input_range={self.input_range})"
+        )
 
     @classmethod
     def from_keras(cls, model, name, image_size=None):
@@ -210,43 +225,73 @@ class ScoringNetwork:
     def from_saved_model(cls, path, name=None, signature=None):
         """Loads a SavedModel / TF Hub module directory with `tf.saved_model.load`.
 
-        Contract: the signature named `signature`, else "scores", else "serving_default" (else the
-        loaded object itself, if callable) takes one input, images [B, H, W, 3] float in [0, 1],
-        and returns a dict with "features" [B, F] and "logits" [B, C]. If the input spec has a
-        static height and width, images are resized to it (bilinear).
+        Contract: the signature named `signature`, else "scores", else "serving_default", else
+        "default" (else the loaded object itself, if callable, e.g. TF-GAN's Inception module)
+        takes one input, images [B, H, W, 3] float, and returns a dict with either
+
+        - "features" [B, F] and "logits" [B, C]: a vim_tf scoring network, images in [0, 1]
+          (the `scores` signature of a vim_tf classifier export), or
+        - "pool_3" [B, F] or [B, 1, 1, F] and "logits" [B, C]: an Inception network in TF-GAN's
+          format, images in [-1, 1] at 299 x 299.
+
+        If the input spec has a static height and width, images are resized to it (bilinear).
 
         Args:
           path: the SavedModel directory.
-          name: reported with the scores; defaults to "saved_model:<absolute path>".
+          name: reported with the scores; defaults to "saved_model:<absolute path>"
+            ("inception_saved_model:<absolute path>" for the Inception contract).
           signature: a signature name, to pick one explicitly.
         """
         loaded = tf.saved_model.load(path)
         signatures = dict(getattr(loaded, "signatures", {}) or {})
-        wanted = [signature] if signature else ["scores", "serving_default"]
+        wanted = [signature] if signature else ["scores", "serving_default", "default"]
         chosen = next((s for s in wanted if s in signatures), None)
         if signature and chosen is None:
             raise ValueError(
                 f"{path!r} has no signature {signature!r}; it has {sorted(signatures)}"
             )
-        name = name or f"saved_model:{os.path.abspath(path)}"
         if chosen is None:
-            if not callable(loaded):
+            concrete = _single_concrete_call(loaded)
+            if concrete is None:
                 raise ValueError(
-                    f"{path!r} has neither a 'scores' nor a 'serving_default' signature (it has "
-                    f"{sorted(signatures)}) and the loaded object is not callable"
+                    f"{path!r} has no 'scores', 'serving_default' or 'default' signature (it has "
+                    f"{sorted(signatures)}) and the loaded object is not a callable with a "
+                    "traced images -> dict function"
                 )
-            return cls(_checked_outputs(loaded, path), name)
-        concrete = signatures[chosen]
-        _, kwargs = concrete.structured_input_signature
-        if len(kwargs) != 1:
-            raise ValueError(
-                f"signature {chosen!r} of {path!r} must take one images input, got {sorted(kwargs)}"
-            )
-        (input_name, spec), *_ = kwargs.items()
+            where = f"{path}:__call__"
+            args, kwargs = concrete.structured_input_signature
+            specs = list(args) + list(kwargs.values())
+
+            def call(images):
+                return loaded(images)
+
+        else:
+            concrete = signatures[chosen]
+            where = f"{path}:{chosen}"
+            _, kwargs = concrete.structured_input_signature
+            if len(kwargs) != 1:
+                raise ValueError(
+                    f"signature {chosen!r} of {path!r} must take one images input, "
+                    f"got {sorted(kwargs)}"
+                )
+            specs = list(kwargs.values())
+            (input_name,) = kwargs
+
+            def call(images):
+                return concrete(**{input_name: images})
+
+        if len(specs) != 1 or not isinstance(specs[0], tf.TensorSpec):
+            raise ValueError(f"{where} must take one images tensor, got {specs}")
+        spec = specs[0]
+        features_key, default_size, input_range = _output_contract(concrete, where)
+        kind = "inception_saved_model" if features_key == "pool_3" else "saved_model"
+        name = name or f"{kind}:{os.path.abspath(path)}"
         hw = tuple(spec.shape[1:3]) if spec.shape.rank == 4 else (None, None)
-        image_size = hw if None not in hw else None
-        fn = _checked_outputs(lambda images: concrete(**{input_name: images}), f"{path}:{chosen}")
-        network = cls(fn, name, image_size=image_size, input_dtype=spec.dtype)
+        image_size = hw if None not in hw else default_size
+        fn = _checked_outputs(call, where, features_key)
+        network = cls(
+            fn, name, image_size=image_size, input_dtype=spec.dtype, input_range=input_range
+        )
         network._loaded = loaded  # keeps the restored variables alive
         return network
 
@@ -273,10 +318,13 @@ class ScoringNetwork:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         features, logits = [], []
+        lo, hi = self.input_range
         for start in range(0, len(images), int(batch_size)):
             x = tf.constant(images[start : start + int(batch_size)], tf.float32)
             if self.image_size is not None and tuple(x.shape[1:3]) != self.image_size:
                 x = tf.image.resize(x, self.image_size, method="bilinear")
+            if (lo, hi) != (0.0, 1.0):
+                x = x * (hi - lo) + lo
             out = self.fn(tf.cast(x, self.input_dtype))
             f = np.asarray(out["features"], np.float64)
             features.append(f.reshape(f.shape[0], -1))
@@ -290,15 +338,47 @@ class ScoringNetwork:
         return features, logits
 
 
-def _checked_outputs(fn, where):
-    """`fn` with a check that its output is a dict with "features" and "logits"."""
+# Output dicts a SavedModel scoring network may return: features key -> (default input size,
+# the values images in [0, 1] are mapped to).
+_CONTRACTS = {
+    "features": (None, (0.0, 1.0)),  # vim_tf's own scoring networks
+    "pool_3": ((299, 299), (-1.0, 1.0)),  # TF-GAN's Inception v3
+}
+
+
+def _single_concrete_call(loaded):
+    """The (first) traced function behind a loaded object's `__call__`, or None."""
+    call = loaded.__call__ if callable(loaded) else None
+    functions = list(getattr(call, "concrete_functions", None) or [])
+    return functions[0] if functions else None
+
+
+def _output_contract(concrete, where):
+    """(features key, default image size, input range) from a function's output keys."""
+    outputs = concrete.structured_outputs
+    keys = set(outputs) if isinstance(outputs, dict) else set()
+    for key, (size, input_range) in _CONTRACTS.items():
+        if {key, "logits"} <= keys:
+            return key, size, input_range
+    got = sorted(keys) if isinstance(outputs, dict) else type(outputs).__name__
+    raise ValueError(
+        f"{where} must return a dict with 'logits' and 'features' (a vim_tf scoring network) "
+        f"or 'pool_3' (an Inception network), got {got}"
+    )
+
+
+def _checked_outputs(fn, where, features_key="features"):
+    """`fn` returning {"features", "logits"}, taken from its `features_key` and "logits" outputs
+    (checked to exist)."""
 
     def checked(images):
         out = fn(images)
-        if not isinstance(out, dict) or not {"features", "logits"} <= set(out):
+        if not isinstance(out, dict) or not {features_key, "logits"} <= set(out):
             got = sorted(out) if isinstance(out, dict) else type(out).__name__
-            raise ValueError(f"{where} must return a dict with 'features' and 'logits', got {got}")
-        return out
+            raise ValueError(
+                f"{where} must return a dict with {features_key!r} and 'logits', got {got}"
+            )
+        return {"features": out[features_key], "logits": out["logits"]}
 
     return checked
 
@@ -311,17 +391,20 @@ def score_samples(
     batch_size=250,
     num_splits=1,
     kid_block_size=1024,
+    kid_max_samples=streaming_scores.DEFAULT_KID_MAX_SAMPLES,
 ):
-    """Scores generated images with `network`.
+    """Scores generated images with `network`, batch by batch (see `streaming_scores`).
 
     Args:
       network: a `ScoringNetwork`.
-      fake_images: [N, H, W, 3] generated images in [0, 1].
+      fake_images: [N, H, W, 3] generated images in [0, 1] (an array, or any sliceable
+        sequence of images: only `batch_size` of them are converted at a time).
       real_images: [M, H, W, 3] real images in [0, 1], or None (then no FID / KID).
       class_ids: [N] class each generated image was conditioned on, or None (no class accuracy).
       batch_size: images per forward pass of the network.
       num_splits: splits for the Inception score (mean over splits is reported).
       kid_block_size: `max_block_size` of the KID estimator.
+      kid_max_samples: KID uses a random subset of at most this many features of each set.
 
     Returns:
       dict: "inception_score" (the classifier score of `network`, see "classifier"),
@@ -329,21 +412,33 @@ def score_samples(
       "kid_std" (None when KID used a single block, where it is undefined) and
       "num_real_samples" (M); with class_ids also "class_accuracy".
     """
-    fake_features, fake_logits = network.activations(fake_images, batch_size)
+    n = len(fake_images)
+    if class_ids is not None and len(class_ids) != n:
+        raise ValueError(f"need class_ids [{n}] (one per fake image), got {len(class_ids)}")
+    kid_max = kid_max_samples if real_images is not None else None
+    fake = streaming_scores.ActivationSummary(kid_max, num_splits, total=n)
+    for start in range(0, n, int(batch_size)):
+        ids = None if class_ids is None else np.asarray(class_ids[start : start + batch_size])
+        fake.add_images(network, fake_images[start : start + batch_size], ids, batch_size)
     metrics = {
         "classifier": network.name,
-        "num_samples": int(len(fake_logits)),
-        "inception_score": inception_score(fake_logits, num_splits),
+        "num_samples": int(fake.count),
+        "inception_score": fake.inception_score(),
     }
     if real_images is not None:
-        real_features, _ = network.activations(real_images, batch_size)
-        kid, kid_std = kernel_distance(real_features, fake_features, kid_block_size)
+        real = streaming_scores.ActivationSummary.of_batches(
+            network,
+            (real_images[i : i + batch_size] for i in range(0, len(real_images), batch_size)),
+            batch_size,
+            kid_max_samples=kid_max_samples,
+        )
+        kid, kid_std = streaming_scores.kernel_distance(real, fake, kid_block_size)
         metrics.update(
-            fid=frechet_distance(real_features, fake_features),
+            fid=streaming_scores.frechet_distance(real, fake),
             kid=kid,
             kid_std=kid_std if math.isfinite(kid_std) else None,
-            num_real_samples=int(len(real_features)),
+            num_real_samples=int(real.count),
         )
     if class_ids is not None:
-        metrics["class_accuracy"] = class_accuracy(fake_logits, class_ids)
+        metrics["class_accuracy"] = fake.class_accuracy()
     return metrics
