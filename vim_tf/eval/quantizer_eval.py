@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from vim_tf.data import input_pipeline
+from vim_tf.eval import streaming_scores
 from vim_tf.models.quantizer import code_statistics
 from vim_tf.utils import images as image_utils
 
@@ -50,7 +51,11 @@ def evaluate_quantizer(
     counts = np.zeros([model.codebook_size], np.float64)
     n = 0
     inputs, recs = [], []
-    real_features, fake_features = [], []
+    # rFID from running feature moments: memory does not grow with the size of the split.
+    real_moments, fake_moments = (
+        streaming_scores.FeatureMoments(),
+        streaming_scores.FeatureMoments(),
+    )
     for batch in ds:
         out = run(batch["image"])
         for k in sums:
@@ -58,8 +63,8 @@ def evaluate_quantizer(
         counts += out["counts"].numpy()
         n += int(batch["image"].shape[0])
         if network is not None:
-            real_features.append(network.activations(batch["image"].numpy())[0])
-            fake_features.append(network.activations(out["reconstruction"].numpy())[0])
+            real_moments.update(network.activations(batch["image"].numpy())[0])
+            fake_moments.update(network.activations(out["reconstruction"].numpy())[0])
         if len(inputs) < 16:
             inputs.extend(batch["image"].numpy()[: 16 - len(inputs)])
             recs.extend(out["reconstruction"].numpy()[: 16 - len(recs)])
@@ -75,10 +80,8 @@ def evaluate_quantizer(
         codebook_size=int(model.codebook_size),
     )
     if network is not None:
-        from vim_tf.eval import scores
-
-        metrics["rfid"] = scores.frechet_distance(
-            np.concatenate(real_features), np.concatenate(fake_features)
+        metrics["rfid"] = streaming_scores.frechet_distance_from_moments(
+            real_moments, fake_moments
         )
         metrics["classifier"] = network.name
     metrics["examples"] = (np.stack(inputs), np.stack(recs))
