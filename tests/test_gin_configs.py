@@ -1,6 +1,5 @@
 """Every shipped gin config parses; paper sizes are exact; common macros exist."""
 
-import glob
 import os
 
 import gin
@@ -10,7 +9,7 @@ from vim_tf.config import gin_utils
 from vim_tf.models import param_counts
 from vim_tf.testing.test_case import TestCase
 
-EXPERIMENTS = sorted(glob.glob(os.path.join(gin_utils.gin_dir(), "experiments", "*.gin")))
+EXPERIMENTS = [n for n in gin_utils.shipped_configs() if n.startswith("experiments/")]
 PAPER_STACKS = {
     "small": {"num_layers": 8, "num_heads": 8, "hidden_dim": 512, "mlp_dim": 2048},
     "base": {"num_layers": 12, "num_heads": 12, "hidden_dim": 768, "mlp_dim": 3072},
