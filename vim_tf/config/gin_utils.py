@@ -241,8 +241,8 @@ def parse(gin_files=(), gin_bindings=(), finalize=True):
             raise
         # A missing `include`: gin names the file; say where includes are looked up.
         raise ValueError(
-            f"{e} An include names a file relative to the working directory or a config shipped "
-            f"with vim_tf: {', '.join(shipped_configs())}"
+            f"{e}\nAn include names a file relative to the working directory or a config "
+            f"shipped with vim_tf: {', '.join(shipped_configs())}"
         ) from e
     check_keras_bindings()
 
