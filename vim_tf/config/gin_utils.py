@@ -103,17 +103,17 @@ def config_root():
 
 def _editable_project_dir():
     """The project dir of an editable vim_tf install (PEP 610 direct_url.json), else None."""
-    try:
-        text = importlib.metadata.distribution("vim_tf").read_text("direct_url.json")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    if not text:
-        return None
-    record = json.loads(text)
-    url = record.get("url", "")
-    if not record.get("dir_info", {}).get("editable") or not url.startswith("file:"):
-        return None
-    return urllib.request.url2pathname(urllib.parse.urlparse(url).path)
+    # Every vim_tf distribution on sys.path, in order: a checkout on sys.path (the working
+    # directory of `python -m pytest`) holds setuptools' vim_tf.egg-info, which has no record.
+    for dist in importlib.metadata.distributions(name="vim_tf"):
+        text = dist.read_text("direct_url.json")
+        if not text:
+            continue
+        record = json.loads(text)
+        url = record.get("url", "")
+        if record.get("dir_info", {}).get("editable") and url.startswith("file:"):
+            return urllib.request.url2pathname(urllib.parse.urlparse(url).path)
+    return None
 
 
 def gin_dir():
