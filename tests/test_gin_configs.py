@@ -152,6 +152,6 @@ class ConfigLookupTest(TestCase):
         with open("bad_include.gin", "w") as f:
             f.write("include 'models/nope.gin'\n")
         with self.assertRaisesRegex(
-            ValueError, r"models/nope.gin.*shipped with vim_tf: datasets/digits.gin"
+            ValueError, r"(?s)models/nope.gin.*shipped with vim_tf: datasets/digits.gin"
         ):
             gin_utils.parse(["bad_include.gin"])
