@@ -61,8 +61,8 @@ class _GinResourceLookupFilter(std_logging.Filter):
     """Drops gin's package-resource lookups from the log.
 
     gin tries every include first as a file inside a Python package and logs each miss on the
-    root logger at ERROR level ("Path not found: models/vim_tiny.gin") before it finds the file
-    on the search path: lines that read as failures when nothing failed.
+    root logger at ERROR level ("Path not found: models/vim_tiny.gin") before vim_tf's reader
+    finds the shipped config: lines that read as failures when nothing failed.
     """
 
     def filter(self, record):
@@ -114,18 +114,6 @@ def _editable_project_dir():
         if record.get("dir_info", {}).get("editable") and url.startswith("file:"):
             return urllib.request.url2pathname(urllib.parse.urlparse(url).path)
     return None
-
-
-def gin_dir():
-    """The folder of the shipped gin configs as a file-system path (see `config_root`)."""
-    root = config_root()
-    if isinstance(root, pathlib.Path):
-        return str(root)
-    # A data-only subpackage is a namespace package: its Traversable is not a path itself, but
-    # its children are.
-    for child in root.iterdir():
-        return os.fspath(child.parent)
-    raise ValueError(f"the gin config folder {root} is empty")
 
 
 def shipped_configs():
