@@ -390,19 +390,17 @@ class StrategyFlagTest(TestCase):
             distribute.get_strategy("gpu")
 
     def test_train_tool_passes_strategy_and_tpu(self):
-        # tools/train.py with train_lib.run stubbed out (no TensorFlow needed): what it passes on.
+        # The train binary (tools/train.py, vim-train) with train_lib.run stubbed out (no TensorFlow needed): what it passes on.
         script = textwrap.dedent(
             """
-            import importlib.util, json, sys, types
+            import json, sys, types
             import vim_tf.training
             calls = []
             stub = types.ModuleType("vim_tf.training.train_lib")
             stub.run = lambda *args, **kwargs: calls.append([list(args), kwargs])
             sys.modules["vim_tf.training.train_lib"] = stub
             vim_tf.training.train_lib = stub
-            spec = importlib.util.spec_from_file_location("train_tool", "tools/train.py")
-            tool = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(tool)
+            from vim_tf.bin import train as tool
             tool.FLAGS(["train.py", "--model_dir=/tmp/m", "--strategy=tpu", "--tpu=local",
                         "--gin_file=a.gin"])
             tool.main([])

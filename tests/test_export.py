@@ -7,7 +7,6 @@ and hands back its outputs (an npz) and the error messages (JSON on stdout).
 """
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -28,7 +27,6 @@ from vim_tf.testing.tiny import TINY_CLASSIFIER, TINY_VIM, tiny_vitvqgan_binding
 from vim_tf.training import train_lib
 from vim_tf.utils import images as image_utils
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, GRID, CODES, CLASSES = 16, 4, 16, 10
 
 # (name, inputs, settings (temperature, top_k, top_p, cfg_scale, seed)); "class_ids" for the
@@ -467,11 +465,8 @@ class ExportTest(TestCase):
         self.assertFalse(os.path.exists(os.path.join(d, "out", "1")))
 
     def test_tool(self):
-        spec = importlib.util.spec_from_file_location(
-            "export_tool", os.path.join(REPO, "tools/export.py")
-        )
-        tool = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(tool)
+        from vim_tf.bin import export as tool  # tools/export.py, vim-export
+
         out_dir = os.path.join(self.get_temp_dir(), "tool_export")
         tool.FLAGS(["export.py", f"--model_dir={self.dirs['c']}", f"--export_dir={out_dir}"])
         printed = io.StringIO()

@@ -1,7 +1,7 @@
 """Every shipped gin config parses; paper sizes are exact; common macros exist."""
 
-import glob
 import os
+import tempfile
 
 import gin
 from absl.testing import parameterized
@@ -10,7 +10,8 @@ from vim_tf.config import gin_utils
 from vim_tf.models import param_counts
 from vim_tf.testing.test_case import TestCase
 
-EXPERIMENTS = sorted(glob.glob(os.path.join(gin_utils.gin_dir(), "experiments", "*.gin")))
+EXPERIMENTS = [n for n in gin_utils.shipped_configs() if n.startswith("experiments/")]
+REPO_GIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 PAPER_STACKS = {
     "small": {"num_layers": 8, "num_heads": 8, "hidden_dim": 512, "mlp_dim": 2048},
     "base": {"num_layers": 12, "num_heads": 12, "hidden_dim": 768, "mlp_dim": 3072},
@@ -80,3 +81,77 @@ class GinConfigTest(TestCase, parameterized.TestCase):
     def test_unknown_parameter_names_file_and_line(self):
         with self.assertRaisesRegex(ValueError, "ViTVQGAN.nonsense"):
             gin_utils.parse(["experiments/digits_vitvqgan.gin"], ["ViTVQGAN.nonsense = 1"])
+
+
+class ConfigLookupTest(TestCase):
+    """Shipped configs are package resources, found by name from any working directory."""
+
+    def setUp(self):
+        super().setUp()
+        self.cwd = tempfile.mkdtemp(dir=self.get_temp_dir())
+        previous = os.getcwd()
+        os.chdir(self.cwd)
+        self.addCleanup(os.chdir, previous)
+
+    def test_shipped_configs_are_the_repository_gin_folder(self):
+        expected = sorted(
+            os.path.relpath(os.path.join(root, f), REPO_GIN).replace(os.sep, "/")
+            for root, _, files in os.walk(REPO_GIN)
+            for f in files
+            if f.endswith(".gin")
+        )
+        self.assertEqual(gin_utils.shipped_configs(), expected)
+
+    def test_three_names_for_one_config_from_another_directory(self):
+        paths = {
+            gin_utils.resolve_gin_file(name)
+            for name in (
+                "experiments/digits_vitvqgan.gin",
+                "gin/experiments/digits_vitvqgan.gin",
+                "digits_vitvqgan.gin",
+            )
+        }
+        self.assertLen(paths, 1)
+        (path,) = paths
+        with (
+            open(path) as f,
+            open(os.path.join(REPO_GIN, "experiments", "digits_vitvqgan.gin")) as g,
+        ):
+            self.assertEqual(f.read(), g.read())
+        gin_utils.parse(["digits_vitvqgan.gin"])
+        self.assertEqual(gin.query_parameter("%IMAGE_SIZE"), 32)
+
+    def test_a_real_file_wins_over_a_shipped_config(self):
+        os.makedirs("experiments")
+        with open(os.path.join("experiments", "digits_vitvqgan.gin"), "w") as f:
+            f.write("include 'digits_vitvqgan.gin'\nIMAGE_SIZE = 24\n")
+        self.assertEqual(
+            gin_utils.resolve_gin_file("experiments/digits_vitvqgan.gin"),
+            "experiments/digits_vitvqgan.gin",
+        )
+        # Its include by the plain name reaches the shipped config, whose value it overrides.
+        gin_utils.parse(["experiments/digits_vitvqgan.gin"])
+        self.assertEqual(gin.query_parameter("%IMAGE_SIZE"), 24)
+        self.assertEqual(gin.query_parameter("ViTVQGAN.codebook_size"), 512)
+
+    def test_includes_take_every_name_form(self):
+        with open("mine.gin", "w") as f:
+            f.write("include 'gin/models/vim_tiny.gin'\ninclude 'digits.gin'\nIMAGE_SIZE = 16\n")
+            f.write("BATCH_SIZE = 4\n")
+        gin_utils.parse([os.path.join(self.cwd, "mine.gin")])
+        self.assertEqual(gin.query_parameter("VIM.num_layers"), 4)
+        self.assertFalse(
+            gin.query_parameter("make_dataset.random_flip")
+        )  # from datasets/digits.gin
+
+    def test_unknown_names_list_the_shipped_configs(self):
+        with self.assertRaisesRegex(
+            ValueError, r"gin file not found: 'digits_vqgan.gin'.*experiments/digits_vitvqgan.gin"
+        ):
+            gin_utils.parse(["digits_vqgan.gin"])
+        with open("bad_include.gin", "w") as f:
+            f.write("include 'models/nope.gin'\n")
+        with self.assertRaisesRegex(
+            ValueError, r"(?s)models/nope.gin.*shipped with vim_tf: datasets/digits.gin"
+        ):
+            gin_utils.parse(["bad_include.gin"])

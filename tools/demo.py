@@ -1,33 +1,6 @@
-"""The main job on the embedded digits: train, evaluate, summarize (reuses finished stages).
+"""`python tools/demo.py [flags]`: the `vim-demo` command (vim_tf/bin/demo.py)."""
 
-python tools/demo.py --output_dir=runs/demo
-"""
-
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-from absl import flags  # noqa: E402
-
-from vim_tf.utils import cli  # noqa: E402
-
-flags.DEFINE_string("output_dir", "runs/demo", "Where every stage's model dir goes.")
-flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings for every stage.")
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    del argv
-    import sys
-
-    from vim_tf import main_job
-
-    try:
-        main_job.run(FLAGS.output_dir, FLAGS.gin_bindings)
-    except main_job.StageFailed as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-
+from vim_tf.bin.demo import run
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

@@ -1,43 +1,6 @@
-"""Exports a trained model dir as a versioned SavedModel for TF Serving, hub.load and TFSMLayer.
+"""`python tools/export.py [flags]`: the `vim-export` command (vim_tf/bin/export.py)."""
 
-python tools/export.py --model_dir=runs/p --export_dir=runs/export
-Writes runs/export/<next version>/ (saved_model.pb, variables/, export_info.json) and prints it.
-"""
-
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-from absl import flags  # noqa: E402
-
-from vim_tf.utils import cli  # noqa: E402
-from vim_tf.utils import model_dir as model_dir_lib  # noqa: E402
-
-flags.DEFINE_string(
-    "model_dir", None, "A trained quantizer, prior or classifier model dir (holds ckpt-*)."
-)
-flags.DEFINE_string(
-    "export_dir",
-    None,
-    "The model base path: the SavedModel goes to <export_dir>/<version>/, the version one more "
-    "than the largest existing one.",
-)
-flags.mark_flags_as_required(["model_dir", "export_dir"])
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    del argv
-    # Checked before TensorFlow loads: a wrong dir fails in a fraction of a second.
-    model_dir_lib.check_model_dir(
-        FLAGS.model_dir,
-        model_dir_lib.KINDS,
-        "tools/export.py exports quantizers, priors and classifiers",
-    )
-    from vim_tf.export import exporter
-
-    print(exporter.export_model_dir(FLAGS.model_dir, FLAGS.export_dir))
-
+from vim_tf.bin.export import run
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

@@ -1,36 +1,6 @@
-"""Prints each model config's parameter count next to the paper's.
+"""`python tools/param_counts.py [flags]`: the `vim-param-counts` command (vim_tf/bin/param_counts.py)."""
 
-python tools/param_counts.py [--configs=vitvqgan_ss,vitvqgan_bb,vitvqgan_sl]
-"""
-
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import flags  # noqa: E402
-
-from vim_tf.utils import cli  # noqa: E402
-
-flags.DEFINE_list(
-    "configs", ["vitvqgan_ss", "vitvqgan_bb", "vitvqgan_sl"], "Model configs under gin/models/."
-)
-flags.DEFINE_list("priors", ["vim_base", "vim_large"], "Prior configs under gin/models/.")
-flags.DEFINE_integer("image_size", 256, "Image size the configs are built at.")
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    del argv
-    from vim_tf.models import param_counts
-
-    print(f"{'config':<14} {'part':<14} {'ours (M)':>10} {'paper (M)':>10}")
-    rows = param_counts.table(FLAGS.configs, FLAGS.image_size) + param_counts.vim_table(
-        FLAGS.priors
-    )
-    for name, part, ours, paper in rows:
-        shown = f"{paper:>10}" if paper is not None else f"{'-':>10}"
-        print(f"{name:<14} {part:<14} {ours:>10.1f} {shown}")
-
+from vim_tf.bin.param_counts import run
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

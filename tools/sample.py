@@ -1,60 +1,6 @@
-"""Draws samples from a trained VIM prior: OUT/samples.npz and OUT/grid.png.
+"""`python tools/sample.py [flags]`: the `vim-sample` command (vim_tf/bin/sample.py)."""
 
-  python tools/sample.py --model_dir=runs/demo/prior --output_dir=runs/demo/samples \
-      --num_samples=100 [--class_ids=0,1] [--temperature=1.0] [--top_k=0] [--top_p=1.0] \
-      [--cfg_scale=1.0] [--seed=0] [--acceptance_rate=0.5 --classifier=runs/demo/classifier]
-"""
-
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-from absl import flags  # noqa: E402
-
-from vim_tf.utils import cli  # noqa: E402
-from vim_tf.utils import model_dir as model_dir_lib  # noqa: E402
-
-flags.DEFINE_string("model_dir", None, "A trained prior's model dir.")
-flags.DEFINE_string("output_dir", None, "Where samples.npz and grid.png go.")
-flags.DEFINE_integer("num_samples", 100, "Number of samples.")
-flags.DEFINE_list("class_ids", [], "Classes to sample (default: all, evenly).")
-cli.define_sampling_flags()
-flags.DEFINE_integer("batch_size", 100, "Samples per batch.")
-flags.DEFINE_float(
-    "acceptance_rate",
-    1.0,
-    "Classifier rejection sampling: keep this fraction of the candidates per class (1: off).",
-)
-flags.DEFINE_string(
-    "classifier",
-    None,
-    "Scoring network for rejection sampling (classifier model dir or SavedModel dir).",
-)
-flags.DEFINE_bool("jit_compile", False, "XLA-compile the sampling loop (same samples).")
-flags.mark_flags_as_required(["model_dir", "output_dir"])
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    del argv
-    # Checked before TensorFlow loads: a wrong dir fails in a fraction of a second.
-    model_dir_lib.check_model_dir(
-        FLAGS.model_dir, ("prior",), "tools/sample.py samples from a prior (a VIM model dir)"
-    )
-    from vim_tf.eval import generate
-
-    generate.generate(
-        FLAGS.model_dir,
-        FLAGS.output_dir,
-        FLAGS.num_samples,
-        FLAGS.class_ids,
-        batch_size=FLAGS.batch_size,
-        **cli.sampling_settings(),
-        acceptance_rate=FLAGS.acceptance_rate,
-        classifier=FLAGS.classifier,
-        jit_compile=FLAGS.jit_compile,
-    )
-
+from vim_tf.bin.sample import run
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

@@ -1,7 +1,8 @@
 """The README's main job: the whole pipeline on the embedded digits, stage by stage.
 
-Each stage runs the same binary a user would run (printed before it starts), so the output is a
-set of ordinary model dirs. A stage whose result is already there is reused, not redone:
+Each stage runs the same binary a user would run (`python -m vim_tf.bin.<name>`, the `vim-<name>`
+console script; printed before it starts) in its own process, so the output is a set of ordinary
+model dirs. A stage whose result is already there is reused, not redone:
 training resumes (and stops at once when finished); an evaluation or sampling output newer than
 its model's newest checkpoint is kept.
 """
@@ -13,7 +14,6 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Classifier-free guidance scale of the guided evaluation and the sample grid.
 CFG_SCALE = 2.0
 
@@ -23,13 +23,14 @@ class StageFailed(RuntimeError):
 
 
 def _run(args):
-    cmd = [sys.executable] + args
+    """Runs the binary `vim_tf.bin.<args[0]>` with the flags `args[1:]`; returns its seconds."""
+    cmd = [sys.executable, "-m", f"vim_tf.bin.{args[0]}", *args[1:]]
     print(f"\n$ {shlex.join(cmd)}", flush=True)
     t = time.time()
-    result = subprocess.run(cmd, cwd=ROOT)
+    result = subprocess.run(cmd)
     if result.returncode != 0:
         raise StageFailed(
-            f"the stage `{shlex.join(args)}` failed with exit status {result.returncode} (its "
+            f"the stage `{shlex.join(cmd[1:])}` failed with exit status {result.returncode} (its "
             "output is above); finished stages are kept and reused when you rerun the main job"
         )
     return time.time() - t
@@ -54,8 +55,8 @@ class _Pipeline:
     def train(self, label, experiment, model_dir, *flags):
         self.timings[label] = _run(
             [
-                "tools/train.py",
-                f"--gin_file=gin/experiments/{experiment}",
+                "train",
+                f"--gin_file=experiments/{experiment}",
                 f"--model_dir={model_dir}",
                 *flags,
                 *self.bindings,
@@ -87,7 +88,7 @@ def run(output_dir, extra_bindings=()):
         os.path.join(c_dir, "metrics.json"),
         c_dir,
         [
-            "tools/evaluate.py",
+            "evaluate",
             f"--model_dir={c_dir}",
             f"--output={os.path.join(c_dir, 'metrics.json')}",
         ],
@@ -98,7 +99,7 @@ def run(output_dir, extra_bindings=()):
         q_json,
         q_dir,
         [
-            "tools/evaluate.py",
+            "evaluate",
             f"--model_dir={q_dir}",
             f"--output={q_json}",
             f"--classifier={c_dir}",
@@ -109,7 +110,7 @@ def run(output_dir, extra_bindings=()):
     token_dir = os.path.join(p.out, "tokens")
     if not _fresh(os.path.join(token_dir, "tokens_info.json"), q_dir):
         p.timings["encode tokens"] = _run(
-            ["tools/encode.py", f"--quantizer_dir={q_dir}", f"--output_dir={token_dir}"]
+            ["encode", f"--quantizer_dir={q_dir}", f"--output_dir={token_dir}"]
         )
     tokens_flags = (f"--quantizer_dir={q_dir}", f"--gin_bindings=TOKEN_DIR = '{token_dir}'")
     p.train("train prior", "digits_vim_tokens.gin", prior_dir, *tokens_flags)
@@ -117,9 +118,7 @@ def run(output_dir, extra_bindings=()):
     def score_prior(label, output, *flags):
         """1,000 prior samples scored by the classifier (plus the test NLL)."""
         args = [f"--model_dir={prior_dir}", f"--output={output}", f"--classifier={c_dir}"]
-        return p.once(
-            label, output, prior_dir, ["tools/evaluate.py", *args, "--num_samples=1000", *flags]
-        )
+        return p.once(label, output, prior_dir, ["evaluate", *args, "--num_samples=1000", *flags])
 
     p_json = os.path.join(prior_dir, "metrics.json")
     p_metrics = score_prior("evaluate prior", p_json, "--fid_floor_split=train")
@@ -136,7 +135,7 @@ def run(output_dir, extra_bindings=()):
         os.path.join(samples_dir, "samples.npz"),
         prior_dir,
         [
-            "tools/sample.py",
+            "sample",
             f"--model_dir={prior_dir}",
             f"--output_dir={samples_dir}",
             "--num_samples=100",
@@ -150,7 +149,7 @@ def run(output_dir, extra_bindings=()):
         "linear probe",
         probe_json,
         uncond_dir,
-        ["tools/linear_probe.py", f"--model_dir={uncond_dir}", f"--output={probe_json}"],
+        ["linear_probe", f"--model_dir={uncond_dir}", f"--output={probe_json}"],
     )
 
     exports = {}
@@ -161,7 +160,7 @@ def run(output_dir, extra_bindings=()):
         )
         if not versions or not _fresh(os.path.join(export_dir, max(versions, key=int)), model_dir):
             p.timings[f"export {name}"] = _run(
-                ["tools/export.py", f"--model_dir={model_dir}", f"--export_dir={export_dir}"]
+                ["export", f"--model_dir={model_dir}", f"--export_dir={export_dir}"]
             )
             versions = [v for v in os.listdir(export_dir) if v.isdigit()]
         exports[name] = os.path.join(export_dir, max(versions, key=int))

@@ -1,4 +1,9 @@
-"""gin plumbing: the search path, parsing flags, and the config saved in every model dir.
+"""gin plumbing: finding configs, parsing flags, and the config saved in every model dir.
+
+The gin configs ship inside the package (`vim_tf.configs`, the repository's gin/ folder) and are
+found as package resources: `--gin_file` and `include` take a path relative to that folder
+('experiments/digits_vim.gin'), the same with the folder name ('gin/experiments/...'), or a
+plain file name ('digits_vim.gin'), from any working directory; a real file path is read as is.
 
 A model dir holds `config.gin` (every binding in force when training started, re-parseable on
 its own) and `operative_config.gin` (the bindings training actually used, gin's record). Tools
@@ -7,11 +12,18 @@ that act on a trained model re-read `config.gin`, so users never repeat `--gin_f
 
 import datetime
 import importlib
+import importlib.metadata
+import importlib.resources
+import json
 import logging as std_logging
 import os
+import pathlib
+import posixpath
 import re
 import shlex
 import sys
+import urllib.parse
+import urllib.request
 
 import gin
 from absl import logging
@@ -42,56 +54,184 @@ _CONFIGURABLE_MODULES = (
 )
 
 
-_search_path_added = False
+_lookup_registered = False
 
 
 class _GinResourceLookupFilter(std_logging.Filter):
     """Drops gin's package-resource lookups from the log.
 
     gin tries every include first as a file inside a Python package and logs each miss on the
-    root logger at ERROR level ("Path not found: models/vim_tiny.gin") before it finds the file
-    on the search path: lines that read as failures when nothing failed.
+    root logger at ERROR level ("Path not found: models/vim_tiny.gin") before vim_tf's reader
+    finds the shipped config: lines that read as failures when nothing failed.
     """
 
     def filter(self, record):
         return not record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
 
 
-def gin_dir():
-    """The repository's gin/ folder (configs ship beside the package)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "gin")
+# The gin configs ship inside the package as this (data-only) subpackage; pyproject.toml maps it
+# to the repository's gin/ folder.
+CONFIG_PACKAGE = "vim_tf.configs"
+_REPO_CONFIG_FOLDER = "gin"
+
+
+def config_root():
+    """The shipped gin configs as an importlib.resources Traversable (a folder).
+
+    Found as the package resource `vim_tf.configs`. One case needs install metadata instead:
+    setuptools' editable installs (`pip install -e .`) cannot import a subpackage that
+    pyproject.toml maps to another folder when it has no `__init__.py` (pypa/setuptools#4943),
+    and `gin/` must not get one (it would shadow the gin-config package for code run from the
+    repository root). There the configs are the `gin/` folder of the project that pip recorded
+    as installed in editable mode (its PEP 610 `direct_url.json`).
+
+    Raises:
+      ValueError: neither is available (vim_tf imported from a source tree that is not installed).
+    """
+    try:
+        return importlib.resources.files(CONFIG_PACKAGE)
+    except ModuleNotFoundError:
+        pass
+    project = _editable_project_dir()
+    if project is not None and os.path.isdir(os.path.join(project, _REPO_CONFIG_FOLDER)):
+        return pathlib.Path(project, _REPO_CONFIG_FOLDER)
+    raise ValueError(
+        f"vim_tf's gin configs ({CONFIG_PACKAGE}) are not installed: install vim_tf "
+        "(`pip install .`, or `pip install -e .` in a checkout; tools/setup.sh does that)"
+    )
+
+
+def _editable_project_dir():
+    """The project dir of an editable vim_tf install (PEP 610 direct_url.json), else None."""
+    # Every vim_tf distribution on sys.path, in order: a checkout on sys.path (the working
+    # directory of `python -m pytest`) holds setuptools' vim_tf.egg-info, which has no record.
+    for dist in importlib.metadata.distributions(name="vim_tf"):
+        text = dist.read_text("direct_url.json")
+        if not text:
+            continue
+        record = json.loads(text)
+        url = record.get("url", "")
+        if record.get("dir_info", {}).get("editable") and url.startswith("file:"):
+            return urllib.request.url2pathname(urllib.parse.urlparse(url).path)
+    return None
+
+
+def shipped_configs():
+    """Every shipped gin config, as '/'-separated names relative to the config folder, sorted
+    ('datasets/digits.gin', ..., 'experiments/digits_vim.gin', ..., 'models/vim_base.gin')."""
+    names = []
+
+    def walk(folder, prefix):
+        for child in folder.iterdir():
+            if child.is_dir():
+                walk(child, f"{prefix}{child.name}/")
+            elif child.name.endswith(".gin"):
+                names.append(prefix + child.name)
+
+    walk(config_root(), "")
+    return sorted(names)
+
+
+def _shipped_path(name):
+    """The file-system path of the shipped config `name`, or None.
+
+    `name` is relative to the config folder ('experiments/digits_vim.gin'), may start with the
+    repository's folder name ('gin/experiments/digits_vim.gin'), or is a plain file name
+    ('digits_vim.gin') that exactly one shipped config has.
+    """
+    if not name or os.path.isabs(name) or "://" in name:
+        return None
+    rel = posixpath.normpath(name.replace(os.sep, "/"))
+    if rel.startswith(f"{_REPO_CONFIG_FOLDER}/"):
+        rel = rel[len(_REPO_CONFIG_FOLDER) + 1 :]
+    if rel.startswith("../"):
+        return None
+    root = config_root()
+    resource = root.joinpath(rel)
+    if resource.is_file():
+        return os.fspath(resource)
+    if "/" not in rel:
+        matches = [n for n in shipped_configs() if posixpath.basename(n) == rel]
+        if len(matches) == 1:
+            return os.fspath(root.joinpath(matches[0]))
+    return None
+
+
+def resolve_gin_file(name):
+    """The path gin reads for a `--gin_file` value.
+
+    An existing file (relative to the working directory, or absolute) and a URL (`gs://...`)
+    are used as given. Otherwise `name` is looked up among the configs shipped with vim_tf:
+    'experiments/digits_vitvqgan.gin', 'gin/experiments/digits_vitvqgan.gin' and
+    'digits_vitvqgan.gin' all name the same shipped config, from any working directory.
+
+    Raises:
+      ValueError: no such file; the message lists the shipped configs.
+    """
+    if "://" in name or os.path.isfile(name):
+        return name
+    path = _shipped_path(name)
+    if path is not None:
+        return path
+    shipped = shipped_configs()
+    same_name = [n for n in shipped if posixpath.basename(n) == posixpath.basename(name)]
+    hint = f" (several shipped configs are named so: {same_name})" if len(same_name) > 1 else ""
+    raise ValueError(
+        f"gin file not found: {name!r} is neither a file (relative to the working directory "
+        f"{os.getcwd()}) nor a config shipped with vim_tf{hint}. Shipped configs (give the name "
+        f"relative to the config folder, or the file name alone): {', '.join(shipped)}"
+    )
+
+
+def _open_shipped(name):
+    return open(_shipped_path(name))
+
+
+def _is_shipped(name):
+    try:
+        return _shipped_path(name) is not None
+    except ValueError:  # The configs are not installed: nothing is shipped.
+        return False
 
 
 def register_configurables():
     for name in _CONFIGURABLE_MODULES:
         importlib.import_module(name)
-    global _search_path_added
-    if not _search_path_added:
-        gin.add_config_file_search_path(gin_dir())
+    global _lookup_registered
+    if not _lookup_registered:
+        # gin reads an `include` with the first reader that finds it: a file relative to the
+        # working directory first (gin's own), then a shipped config by the names
+        # `resolve_gin_file` accepts.
+        gin.config.register_file_reader(_open_shipped, _is_shipped)
         std_logging.getLogger().addFilter(_GinResourceLookupFilter())
-        _search_path_added = True
+        _lookup_registered = True
 
 
 def parse(gin_files=(), gin_bindings=(), finalize=True):
     """Parses gin files and bindings after registering every configurable.
 
-    Unknown configurables or parameters raise ValueError naming the file and line.
+    Each file is found as `resolve_gin_file` says (a missing one raises ValueError listing the
+    shipped configs). Unknown configurables or parameters raise ValueError naming the file and
+    line.
     """
     register_configurables()
-    for f in gin_files:
-        if not os.path.exists(f) and not os.path.exists(os.path.join(gin_dir(), f)):
-            raise ValueError(
-                f"gin file not found: {f!r} (paths are relative to the working "
-                f"directory or to {gin_dir()})"
-            )
+    paths = [resolve_gin_file(f) for f in gin_files]
     logging.info("gin files: %s", list(gin_files))
+    if paths != list(gin_files):
+        logging.info("gin files read: %s", paths)
     logging.info("gin bindings: %s", list(gin_bindings))
     try:
-        gin.parse_config_files_and_bindings(
-            list(gin_files), list(gin_bindings), finalize_config=finalize
-        )
+        gin.parse_config_files_and_bindings(paths, list(gin_bindings), finalize_config=finalize)
     except ValueError as e:
         raise _with_valid_parameters(e) from e
+    except OSError as e:
+        if not str(e).startswith("Unable to open file"):
+            raise
+        # A missing `include`: gin names the file; say where includes are looked up.
+        raise ValueError(
+            f"{e}\nAn include names a file relative to the working directory or a config "
+            f"shipped with vim_tf: {', '.join(shipped_configs())}"
+        ) from e
     check_keras_bindings()
 
 

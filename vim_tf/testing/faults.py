@@ -1,6 +1,7 @@
-"""Runs `tools/train.py` with a fault injected, for the reliability tests.
+"""Runs the train binary (`vim_tf.bin.train`, what `tools/train.py` runs) with a fault injected,
+for the reliability tests.
 
-python -m vim_tf.testing.faults --kill_before_state_update=N -- <tools/train.py flags>
+python -m vim_tf.testing.faults --kill_before_state_update=N -- <train flags>
   SIGKILLs this process while checkpoint N is being saved: its data and index files are on disk,
   but the `checkpoint` state file does not name it yet (the last moment of a save).
 python -m vim_tf.testing.faults --kill_before_merge=N -- <flags>
@@ -57,9 +58,8 @@ def main(argv):
     for fault in faults:
         name, _, number = fault.lstrip("-").partition("=")
         _install(name, int(number))
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    sys.argv = [os.path.join(root, "tools", "train.py"), *flags]
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    sys.argv = ["vim_tf.bin.train", *flags]
+    runpy.run_module("vim_tf.bin.train", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":

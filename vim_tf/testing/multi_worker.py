@@ -1,4 +1,4 @@
-"""Test helper: `tools/train.py` as one worker of a multi-worker run, dumping its weights at the end.
+"""Test helper: the train binary as one worker of a multi-worker run, dumping its weights at the end.
 
 tests/test_distribute.py starts two of these on localhost, each with its own TF_CONFIG:
 
@@ -7,7 +7,7 @@ tests/test_distribute.py starts two of these on localhost, each with its own TF_
     python -m vim_tf.testing.multi_worker --weights_out=w0.npz -- \
         --strategy=multi_worker --model_dir=DIR --gin_file=gin/experiments/digits_vitvqgan.gin ...
 
-Everything after `--` goes to `tools/train.py` unchanged (its flags, its `main`). When training
+Everything after `--` goes to the train binary unchanged (its flags, its `main`). When training
 returns, this writes what the worker ended with to `--weights_out`: the model's variables
 (`var/<i>`, `name/<i>`), the optimizer step, the strategy name `train_lib.run` was given, and
 the absl log lines (the trainer logs the global batch and the replica count). A non-chief
@@ -15,19 +15,16 @@ worker's weights exist nowhere else once training ends (its temporary dir under 
 removed), hence this dump.
 """
 
-import importlib.util
 import logging as py_logging
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def main(argv):
     if "--" not in argv or not argv[0].startswith("--weights_out="):
-        raise SystemExit("usage: multi_worker --weights_out=FILE -- <tools/train.py flags>")
+        raise SystemExit("usage: multi_worker --weights_out=FILE -- <vim_tf.bin.train flags>")
     weights_out = argv[0].split("=", 1)[1]
     train_argv = argv[argv.index("--") + 1 :]
 
@@ -52,18 +49,15 @@ def main(argv):
     calls = []
     real_run = train_lib.run
 
-    def run(*args, **kwargs):  # what tools/train.py calls; keeps the trained model
+    def run(*args, **kwargs):  # what the train binary calls; keeps the trained model
         model = real_run(*args, **kwargs)
         calls.append((args, kwargs, model))
         return model
 
     train_lib.run = run
-    spec = importlib.util.spec_from_file_location(
-        "train_tool", os.path.join(REPO, "tools/train.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    tool.FLAGS(["train.py", *train_argv])
+    from vim_tf.bin import train as tool
+
+    tool.FLAGS(["train", *train_argv])
     tool.main([])
 
     (args, kwargs, model) = calls[0]

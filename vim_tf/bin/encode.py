@@ -1,0 +1,48 @@
+"""Writes the image tokens of a trained quantizer once, as shards a prior can train on.
+
+  vim-encode --quantizer_dir=runs/q --output_dir=runs/tokens [--splits=train,test]
+Then train a prior on them with gin/experiments/digits_vim_tokens.gin (TOKEN_DIR = ...).
+
+The `vim-encode` console script; also `python -m vim_tf.bin.encode` and `python tools/encode.py`.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from absl import flags  # noqa: E402
+
+from vim_tf.utils import cli  # noqa: E402
+from vim_tf.utils import model_dir as model_dir_lib  # noqa: E402
+
+flags.DEFINE_string("quantizer_dir", None, "A trained quantizer model dir.")
+flags.DEFINE_string("output_dir", None, "Where the token shards go.")
+flags.DEFINE_list("splits", ["train", "test"], "Splits to encode.")
+flags.DEFINE_integer("batch_size", 256, "Images per encoding batch.")
+flags.mark_flags_as_required(["quantizer_dir", "output_dir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    # Checked before TensorFlow loads: a wrong dir fails in a fraction of a second.
+    model_dir_lib.check_model_dir(
+        FLAGS.quantizer_dir,
+        ("quantizer",),
+        "tools/encode.py encodes images with a trained quantizer (a ViT-VQGAN model dir)",
+    )
+    from vim_tf.data import tokens
+
+    counts = tokens.encode_splits(
+        FLAGS.quantizer_dir, FLAGS.output_dir, FLAGS.splits, FLAGS.batch_size
+    )
+    print(f"wrote {counts} to {FLAGS.output_dir}")
+
+
+def run():
+    """Entry point of the `vim-encode` console script."""
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()
