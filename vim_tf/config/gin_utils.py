@@ -14,16 +14,12 @@ import datetime
 import importlib
 import importlib.metadata
 import importlib.resources
-import json
 import logging as std_logging
 import os
-import pathlib
 import posixpath
 import re
 import shlex
 import sys
-import urllib.parse
-import urllib.request
 
 import gin
 from absl import logging
@@ -69,51 +65,19 @@ class _GinResourceLookupFilter(std_logging.Filter):
         return not record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
 
 
-# The gin configs ship inside the package as this (data-only) subpackage; pyproject.toml maps it
-# to the repository's gin/ folder.
+# The gin configs ship inside the package as this data-only subpackage (vim_tf/configs; the
+# repository's top-level gin/ is a link to it, for commands written `--gin_file=gin/...`).
 CONFIG_PACKAGE = "vim_tf.configs"
 _REPO_CONFIG_FOLDER = "gin"
 
 
 def config_root():
-    """The shipped gin configs as an importlib.resources Traversable (a folder).
+    """The shipped gin configs: the package resource `vim_tf.configs`, a Traversable folder.
 
-    Found as the package resource `vim_tf.configs`. One case needs install metadata instead:
-    setuptools' editable installs (`pip install -e .`) cannot import a subpackage that
-    pyproject.toml maps to another folder when it has no `__init__.py` (pypa/setuptools#4943),
-    and `gin/` must not get one (it would shadow the gin-config package for code run from the
-    repository root). There the configs are the `gin/` folder of the project that pip recorded
-    as installed in editable mode (its PEP 610 `direct_url.json`).
-
-    Raises:
-      ValueError: neither is available (vim_tf imported from a source tree that is not installed).
+    It has no `__init__.py` (a namespace package inside vim_tf): the repository's gin/ link
+    must not turn into a package that shadows gin-config for code run from the repository root.
     """
-    try:
-        return importlib.resources.files(CONFIG_PACKAGE)
-    except ModuleNotFoundError:
-        pass
-    project = _editable_project_dir()
-    if project is not None and os.path.isdir(os.path.join(project, _REPO_CONFIG_FOLDER)):
-        return pathlib.Path(project, _REPO_CONFIG_FOLDER)
-    raise ValueError(
-        f"vim_tf's gin configs ({CONFIG_PACKAGE}) are not installed: install vim_tf "
-        "(`pip install .`, or `pip install -e .` in a checkout; tools/setup.sh does that)"
-    )
-
-
-def _editable_project_dir():
-    """The project dir of an editable vim_tf install (PEP 610 direct_url.json), else None."""
-    # Every vim_tf distribution on sys.path, in order: a checkout on sys.path (the working
-    # directory of `python -m pytest`) holds setuptools' vim_tf.egg-info, which has no record.
-    for dist in importlib.metadata.distributions(name="vim_tf"):
-        text = dist.read_text("direct_url.json")
-        if not text:
-            continue
-        record = json.loads(text)
-        url = record.get("url", "")
-        if record.get("dir_info", {}).get("editable") and url.startswith("file:"):
-            return urllib.request.url2pathname(urllib.parse.urlparse(url).path)
-    return None
+    return importlib.resources.files(CONFIG_PACKAGE)
 
 
 def shipped_configs():
