@@ -75,7 +75,7 @@ class StreamingMathTest(TestCase):
             for sl in uneven_batches(len(x)):
                 s.update(x[sl])
             summaries.append(s)
-        kid, _ = streaming_scores.kernel_distance(*summaries)
+        kid, _ = scores.kernel_distance(*streaming_scores.kid_features(*summaries))
         self.assertAllClose(kid, scores.kernel_distance(real, fake)[0], rtol=1e-6)
 
     def test_kid_subset_is_bounded_uniform_and_seeded(self):

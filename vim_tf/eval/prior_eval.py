@@ -8,7 +8,7 @@ import tensorflow as tf
 from absl import logging
 
 from vim_tf.data import input_pipeline
-from vim_tf.eval import streaming_scores
+from vim_tf.eval import scores, streaming_scores
 
 
 @gin.configurable(denylist=["model"])
@@ -144,7 +144,7 @@ def score_prior_samples(
         achieved = len(ids) / len(rejection.candidate_plan(ids, acceptance_rate)[2])
         logging.info("rejection sampling kept %d samples (acceptance %.3f)", len(ids), achieved)
     real = real_summary(network, real_split, dataset_fn, kid_max_samples)
-    kid, _ = streaming_scores.kernel_distance(real, fake)
+    kid, _ = scores.kernel_distance(*streaming_scores.kid_features(real, fake))
     out = {
         "fid": streaming_scores.frechet_distance(real, fake),
         "inception_score": fake.inception_score(),

@@ -432,7 +432,9 @@ def score_samples(
             batch_size,
             kid_max_samples=kid_max_samples,
         )
-        kid, kid_std = streaming_scores.kernel_distance(real, fake, kid_block_size)
+        kid, kid_std = kernel_distance(
+            *streaming_scores.kid_features(real, fake), max_block_size=kid_block_size
+        )
         metrics.update(
             fid=streaming_scores.frechet_distance(real, fake),
             kid=kid,

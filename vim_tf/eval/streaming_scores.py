@@ -334,11 +334,9 @@ def frechet_distance(real, fake):
     return frechet_distance_from_moments(real.moments, fake.moments)
 
 
-def kernel_distance(real, fake, max_block_size=1024):
-    """KID (and its std, NaN for one block) between the feature subsets of two summaries; see
-    `scores.kernel_distance`."""
-    from vim_tf.eval import scores
-
+def kid_features(real, fake):
+    """The feature subsets KID is computed on, of two summaries: (real [N, F], fake [M, F]), for
+    `scores.kernel_distance`; logs when a subset is a random part of more features."""
     if real.sample is None or fake.sample is None:
         raise ValueError("KID needs summaries built with kid_max_samples")
     for label, s in (("real", real.sample), ("fake", fake.sample)):
@@ -346,4 +344,4 @@ def kernel_distance(real, fake, max_block_size=1024):
             logging.info(
                 "KID on a random subset of %d of the %d %s features", s.max_size, s.count, label
             )
-    return scores.kernel_distance(real.sample.rows(), fake.sample.rows(), max_block_size)
+    return real.sample.rows(), fake.sample.rows()
