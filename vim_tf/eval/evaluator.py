@@ -1,6 +1,5 @@
 """What `tools/evaluate.py` does: rebuild a trained model from its model dir and score it."""
 
-import os
 
 import tensorflow as tf
 from absl import logging
@@ -8,6 +7,7 @@ from absl import logging
 from vim_tf.config import gin_utils
 from vim_tf.eval import classifier_eval, prior_eval, quantizer_eval
 from vim_tf.training import trainer
+from vim_tf.utils import fs
 from vim_tf.utils import images as image_utils
 from vim_tf.utils import model_dir as model_dir_lib
 
@@ -39,10 +39,10 @@ def load_scoring_network(path):
     module dir whose signature maps images to {"features", "logits"}."""
     from vim_tf.eval.scores import ScoringNetwork
 
-    if os.path.exists(os.path.join(path, model_dir_lib.MODEL_INFO_FILE)):
+    if fs.exists(fs.join(path, model_dir_lib.MODEL_INFO_FILE)):
         model = load_classifier(path)
-        return ScoringNetwork.from_keras(model, name=f"vim_tf_classifier:{os.path.abspath(path)}")
-    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+        return ScoringNetwork.from_keras(model, name=f"vim_tf_classifier:{fs.abspath(path)}")
+    if not fs.exists(fs.join(path, "saved_model.pb")):
         raise ValueError(
             f"--classifier={path!r} is neither a vim_tf classifier model dir nor a "
             "SavedModel / TF Hub module dir (no saved_model.pb)"
@@ -108,9 +108,7 @@ def evaluate(
     if kind == "quantizer":
         metrics = quantizer_eval.evaluate_quantizer(model, network=network)
         inputs, recs = metrics.pop("examples")
-        grid_path = os.path.join(
-            os.path.dirname(os.path.abspath(output)), "eval_reconstructions.png"
-        )
+        grid_path = fs.join(fs.dirname(output), "eval_reconstructions.png")
         grid = image_utils.make_grid(tf.concat([inputs, recs], 0).numpy(), rows=2)
         image_utils.save_png(grid_path, grid, scale=2)
         metrics["reconstruction_grid"] = grid_path
