@@ -1,15 +1,16 @@
 """File access for model dirs, exports, token shards and outputs, local or remote.
 
-Every path goes through `tf.io.gfile`, so a model dir may be a local folder or any file system
-TensorFlow reads and writes (`gs://bucket/run`, `s3://...`, or `ram://...` in tests), the same
-way checkpoints and TensorBoard events already are. TensorFlow's errors for a missing, forbidden
-or existing path come back as the matching `OSError` subclass (`FileNotFoundError`,
-`PermissionError`, `FileExistsError`, ...), so callers and `vim_tf.utils.cli` treat them as the
-built-in file functions' errors.
+A path with a `scheme://` prefix (`gs://bucket/run`, `s3://...`, or `ram://...` in tests) goes
+through `tf.io.gfile`, as checkpoints and TensorBoard events do, so a model dir may live on any
+file system TensorFlow reads and writes. A local path goes through the standard library (`open`,
+`os`, `shutil`): the same files as TensorFlow would write, and no TensorFlow import, so the tools
+check a local model dir and fail in a fraction of a second. TensorFlow's errors for a missing,
+forbidden or existing remote path come back as the matching `OSError` subclass
+(`FileNotFoundError`, `PermissionError`, `FileExistsError`, ...), as they would locally.
 
 Writes are atomic where the file system allows it: a file is written under a temporary name
-beside its destination and renamed into place, so a crash never leaves half a file under the real
-name (on object stores the rename is a copy, which is also all-or-nothing per file).
+beside its destination and renamed into place, so a crash never leaves half a file under the
+real name (on object stores the rename is a copy, which is all-or-nothing per file too).
 
 Example:
 
@@ -18,6 +19,7 @@ Example:
     fs.glob("gs://bucket/run", "ckpt-*.index")  # full paths, sorted
 """
 
+import builtins
 import contextlib
 import fnmatch
 import functools
@@ -26,31 +28,48 @@ import json
 import os
 import posixpath
 import re
+import shutil
+import sys
 import uuid
 
-import numpy as np
-import tensorflow as tf
 
-_GFILE = tf.io.gfile
+def _gfile():
+    import tensorflow as tf
 
-# TensorFlow status -> the built-in exception open()/os.* raise for the same failure.
-_OS_ERRORS = {
-    tf.errors.NotFoundError: FileNotFoundError,
-    tf.errors.PermissionDeniedError: PermissionError,
-    tf.errors.AlreadyExistsError: FileExistsError,
-}
+    return tf.io.gfile
 
 
-def _as_os_error(fn):
-    """Re-raises TensorFlow file errors as OSError subclasses naming the path."""
+def _os_error(e, path):
+    """A TensorFlow file error as the OSError subclass open()/os.* raise for the same failure,
+    with a message naming `path`."""
+    import tensorflow as tf
 
+    os_cls, text = OSError, "file system error"
+    for tf_cls, cls, default in (
+        (tf.errors.NotFoundError, FileNotFoundError, "No such file or directory"),
+        (tf.errors.PermissionDeniedError, PermissionError, "Permission denied"),
+        (tf.errors.AlreadyExistsError, FileExistsError, "File exists"),
+    ):
+        if isinstance(e, tf_cls):
+            os_cls, text = cls, default
+            break
+    text = (e.message or "").strip() or text
+    return os_cls(text if path and path in text else f"{text}: {path!r}")
+
+
+def _remote_errors_as_os_errors(fn):
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except tf.errors.OpError as e:
-            cls = next((v for k, v in _OS_ERRORS.items() if isinstance(e, k)), OSError)
-            raise cls(e.message) from e
+        except OSError:
+            raise
+        except Exception as e:
+            # Only a loaded TensorFlow can have raised one of its errors.
+            tf = sys.modules.get("tensorflow")
+            if tf is not None and isinstance(e, tf.errors.OpError):
+                raise _os_error(e, os.fspath(args[0]) if args else None) from e
+            raise
 
     return wrapped
 
@@ -68,7 +87,7 @@ def abspath(path):
 
 
 def join(path, *parts):
-    """Joins path components with '/' for remote paths and os.path.join locally."""
+    """Joins path components: with '/' for remote paths, `os.path.join` locally."""
     path = os.fspath(path)
     if is_remote(path):
         return posixpath.join(path, *parts)
@@ -81,26 +100,35 @@ def dirname(path):
     return posixpath.dirname(path.rstrip("/")) if is_remote(path) else os.path.dirname(path)
 
 
-@_as_os_error
+@_remote_errors_as_os_errors
 def exists(path):
-    return _GFILE.exists(os.fspath(path))
+    path = os.fspath(path)
+    return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
 
 
-@_as_os_error
+@_remote_errors_as_os_errors
 def isdir(path):
-    return _GFILE.isdir(os.fspath(path))
+    path = os.fspath(path)
+    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
 
 
-@_as_os_error
+@_remote_errors_as_os_errors
 def makedirs(path):
     """Creates `path` and its parents; no error when it already is a directory."""
-    _GFILE.makedirs(os.fspath(path))
+    path = os.fspath(path)
+    if is_remote(path):
+        _gfile().makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
 
 
-@_as_os_error
+@_remote_errors_as_os_errors
 def listdir(path):
     """Entry names of a directory (no trailing '/', which object stores add to subdirs)."""
-    return [name.rstrip("/") for name in _GFILE.listdir(os.fspath(path))]
+    path = os.fspath(path)
+    if not is_remote(path):
+        return os.listdir(path)
+    return [name.rstrip("/") for name in _gfile().listdir(path)]
 
 
 def escape(name):
@@ -128,68 +156,88 @@ def glob(directory, pattern):
     return [join(directory, name) for name in sorted(names)]
 
 
-@_as_os_error
+@_remote_errors_as_os_errors
 def mtime(path):
     """Modification time in seconds since the epoch (0 where the file system keeps none)."""
-    return _GFILE.stat(os.fspath(path)).mtime_nsec / 1e9
+    path = os.fspath(path)
+    if not is_remote(path):
+        return os.path.getmtime(path)
+    return _gfile().stat(path).mtime_nsec / 1e9
 
 
-@_as_os_error
+@_remote_errors_as_os_errors
 def remove(path):
-    _GFILE.remove(os.fspath(path))
+    path = os.fspath(path)
+    if is_remote(path):
+        _gfile().remove(path)
+    else:
+        os.remove(path)
 
 
 def rmtree(path, ignore_errors=False):
     """Deletes a directory and everything under it."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+        return
     try:
-        _as_os_error(_GFILE.rmtree)(os.fspath(path))
+        _remote_errors_as_os_errors(_gfile().rmtree)(path)
     except OSError:
         if not ignore_errors:
             raise
 
 
-@_as_os_error
+@_remote_errors_as_os_errors
 def rename(src, dst, overwrite=False):
-    """Renames a file (atomically on local disks)."""
-    _GFILE.rename(os.fspath(src), os.fspath(dst), overwrite=overwrite)
+    """Renames a file (atomically on local disks); `overwrite` replaces an existing `dst`."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    if is_remote(src) or is_remote(dst):
+        _gfile().rename(src, dst, overwrite=overwrite)
+    elif overwrite:
+        os.replace(src, dst)
+    elif os.path.exists(dst):
+        raise FileExistsError(f"{dst} exists")
+    else:
+        os.rename(src, dst)
 
 
-@_as_os_error
+@_remote_errors_as_os_errors
 def move_dir(src, dst):
     """Moves directory `src` to `dst`, which must not exist.
 
-    Local: one rename (atomic). Elsewhere directories are prefixes of object names, so the tree
-    is copied file by file and then `src` is deleted; `dst` appears only once complete on
-    stores where a directory exists through its files (a crash leaves `src` to clean up).
+    Local: one rename (atomic). Elsewhere directories are name prefixes of objects, so the tree
+    is copied file by file and then `src` is deleted (a crash midway leaves `src` behind).
     """
     src, dst = os.fspath(src), os.fspath(dst)
+    if exists(dst):
+        raise FileExistsError(f"{dst} exists")
     if not is_remote(src):
-        _GFILE.rename(src, dst, overwrite=False)
+        os.replace(src, dst)
         return
-    if _GFILE.exists(dst):
-        raise tf.errors.AlreadyExistsError(None, None, f"{dst} exists")
+    gfile = _gfile()
     src_root = src.rstrip("/")
-    for dirpath, _, filenames in _GFILE.walk(src_root):
+    for dirpath, _, filenames in gfile.walk(src_root):
         rel = dirpath.rstrip("/")[len(src_root) :].lstrip("/")
         target = posixpath.join(dst, rel) if rel else dst
-        _GFILE.makedirs(target)
+        gfile.makedirs(target)
         for name in filenames:
-            _GFILE.copy(posixpath.join(dirpath, name), posixpath.join(target, name))
-    _GFILE.rmtree(src)
+            gfile.copy(posixpath.join(dirpath, name), posixpath.join(target, name))
+    gfile.rmtree(src)
 
 
 def open(path, mode="r"):  # noqa: A001 - the file-system twin of the builtin
-    """A `tf.io.gfile.GFile` (file object with read/write/iteration) for `path`."""
-    return _GFILE.GFile(os.fspath(path), mode)
+    """A file object for `path`: the builtin `open` locally, a `tf.io.gfile.GFile` otherwise."""
+    path = os.fspath(path)
+    return _gfile().GFile(path, mode) if is_remote(path) else builtins.open(path, mode)
 
 
-@_as_os_error
+@_remote_errors_as_os_errors
 def read_bytes(path):
     with open(path, "rb") as f:
         return f.read()
 
 
-@_as_os_error
+@_remote_errors_as_os_errors
 def read_text(path):
     with open(path, "r") as f:
         return f.read()
@@ -210,19 +258,20 @@ def _atomic(path, mode):
             yield f
         rename(tmp, path, overwrite=True)
     except BaseException:
-        with contextlib.suppress(OSError, tf.errors.OpError):
-            _GFILE.remove(tmp)
+        with contextlib.suppress(Exception):
+            if exists(tmp):
+                remove(tmp)
         raise
 
 
-@_as_os_error
+@_remote_errors_as_os_errors
 def write_bytes(path, data):
     """Writes bytes atomically (temp file + rename), creating the parent dirs."""
     with _atomic(path, "wb") as f:
         f.write(data)
 
 
-@_as_os_error
+@_remote_errors_as_os_errors
 def write_text(path, text):
     """Writes text atomically (temp file + rename), creating the parent dirs."""
     with _atomic(path, "w") as f:
@@ -234,7 +283,7 @@ def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-@_as_os_error
+@_remote_errors_as_os_errors
 def append_text(path, text):
     """Appends to a text file (created if missing; not atomic)."""
     makedirs(dirname(path))
@@ -244,6 +293,8 @@ def append_text(path, text):
 
 def save_npz(path, **arrays):
     """`np.savez_compressed` to any file system, atomically."""
+    import numpy as np
+
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     write_bytes(path, buf.getvalue())
@@ -251,5 +302,7 @@ def save_npz(path, **arrays):
 
 def load_npz(path):
     """The arrays of an .npz file as a dict (read fully into memory)."""
+    import numpy as np
+
     with np.load(io.BytesIO(read_bytes(path))) as data:
         return {k: data[k] for k in data.files}

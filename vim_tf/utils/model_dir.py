@@ -1,7 +1,9 @@
 """What a model dir holds besides checkpoints: its kind and Keras config, and how to restore it.
 
 A model dir may be local or on any file system TensorFlow reads (`gs://...`): every access goes
-through `vim_tf.utils.fs`.
+through `vim_tf.utils.fs`. Importing this module does not import TensorFlow, and neither does
+checking a local dir, so the tools can check a model dir (exists, right kind, has a checkpoint)
+and fail in a fraction of a second, before loading TF.
 """
 
 import json
@@ -72,7 +74,8 @@ def has_checkpoint(model_dir):
 
 def check_model_dir(model_dir, kinds=None, purpose=None, need_checkpoint=True):
     """Checks a trained model dir before any work: it exists, is of one of `kinds` and (with
-    `need_checkpoint`) holds a checkpoint. Cheap (no model is built); returns its model_info dict.
+    `need_checkpoint`) holds a checkpoint. Cheap (no TensorFlow for a local dir); returns its
+    model_info dict.
 
     Args:
       model_dir: the dir.
