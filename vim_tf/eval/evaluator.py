@@ -1,6 +1,5 @@
 """What `tools/evaluate.py` does: rebuild a trained model from its model dir and score it."""
 
-
 import tensorflow as tf
 from absl import logging
 

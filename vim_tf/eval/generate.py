@@ -1,6 +1,5 @@
 """What `tools/sample.py` does: draw samples from a trained prior, decode, save npz and a grid."""
 
-
 import numpy as np
 import tensorflow as tf
 from absl import logging

@@ -98,9 +98,7 @@ def evaluate_saved_model(path, network=None, num_samples=1000, acceptance_rate=1
             f"{path!r} is a {info['kind']!r} export; --saved_model scores quantizer "
             "and prior exports"
         )
-    metrics.update(
-        kind=info["kind"], saved_model=fs.abspath(path), step=info["source"]["step"]
-    )
+    metrics.update(kind=info["kind"], saved_model=fs.abspath(path), step=info["source"]["step"])
     return metrics
 
 
