@@ -138,9 +138,13 @@ class RamFileSystemTest(TestCase):
             "$HOME": (os.path.expanduser("~"), 2),
         }
         before = {k: _snapshot(path, depth) for k, (path, depth) in watched.items()}
+        self.addCleanup(lambda: tf.io.gfile.exists(root) and tf.io.gfile.rmtree(root))
         _WriteRecorder.install()
-        _WriteRecorder.writes = []
         _WriteRecorder.active = True
+        with open(os.devnull, "w"):  # the recorder sees a write
+            pass
+        self.assertEqual(_WriteRecorder.writes, [("open", os.devnull)])
+        _WriteRecorder.writes = []
         try:
             results = self._run_pipeline(root, data_dir)
         finally:
@@ -156,7 +160,6 @@ class RamFileSystemTest(TestCase):
             self.assertEqual(changed, [], msg=f"local files changed under {key} ({path})")
         self.assertEqual(_paths_containing("/tmp", name), [])
         self._check_results(root, results)
-        tf.io.gfile.rmtree(root)
 
     def _run_pipeline(self, root, data_dir):
         q_dir, p_dir = f"{root}/q", f"{root}/p"

@@ -155,7 +155,9 @@ def run(output_dir, extra_bindings=()):
         versions = (
             [v for v in fs.listdir(export_dir) if v.isdigit()] if fs.isdir(export_dir) else []
         )
-        if not versions or not _fresh(fs.join(export_dir, max(versions, key=int)), model_dir):
+        # export_info.json is the last file of a version (a dir has no mtime on object stores).
+        newest = max(versions, key=int) if versions else None
+        if not newest or not _fresh(fs.join(export_dir, newest, "export_info.json"), model_dir):
             p.timings[f"export {name}"] = _run(
                 ["tools/export.py", f"--model_dir={model_dir}", f"--export_dir={export_dir}"]
             )
