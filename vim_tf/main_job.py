@@ -7,12 +7,12 @@ training resumes (and stops at once when finished); an evaluation or sampling ou
 its model's newest checkpoint is kept.
 """
 
-import json
-import os
 import shlex
 import subprocess
 import sys
 import time
+
+from vim_tf.utils import fs
 
 # Classifier-free guidance scale of the guided evaluation and the sample grid.
 CFG_SCALE = 2.0
@@ -38,17 +38,13 @@ def _run(args):
 
 def _fresh(output, model_dir):
     """True when `output` is newer than the model dir's newest checkpoint."""
-    ckpt = os.path.join(model_dir, "checkpoint")
-    return (
-        os.path.exists(output)
-        and os.path.exists(ckpt)
-        and os.path.getmtime(output) >= os.path.getmtime(ckpt)
-    )
+    ckpt = fs.join(model_dir, "checkpoint")
+    return fs.exists(output) and fs.exists(ckpt) and fs.mtime(output) >= fs.mtime(ckpt)
 
 
 class _Pipeline:
     def __init__(self, output_dir, extra_bindings):
-        self.out = os.path.abspath(output_dir)
+        self.out = fs.abspath(output_dir)
         self.bindings = [f"--gin_bindings={b}" for b in extra_bindings]
         self.timings = {}
 
@@ -68,8 +64,7 @@ class _Pipeline:
         if not _fresh(output, model_dir):
             self.timings[label] = _run(args)
         if output.endswith(".json"):
-            with open(output) as f:
-                return json.load(f)
+            return fs.read_json(output)
         return None
 
 
@@ -77,23 +72,23 @@ def run(output_dir, extra_bindings=()):
     """Runs every stage into `output_dir` and prints a summary; returns the summary dict."""
     p = _Pipeline(output_dir, extra_bindings)
     start = time.time()
-    q_dir, c_dir = os.path.join(p.out, "quantizer"), os.path.join(p.out, "classifier")
-    prior_dir, uncond_dir = os.path.join(p.out, "prior"), os.path.join(p.out, "prior_uncond")
-    samples_dir = os.path.join(p.out, "samples")
+    q_dir, c_dir = fs.join(p.out, "quantizer"), fs.join(p.out, "classifier")
+    prior_dir, uncond_dir = fs.join(p.out, "prior"), fs.join(p.out, "prior_uncond")
+    samples_dir = fs.join(p.out, "samples")
 
     p.train("train quantizer", "digits_vitvqgan.gin", q_dir)
     p.train("train classifier", "digits_classifier.gin", c_dir)
     c_metrics = p.once(
         "evaluate classifier",
-        os.path.join(c_dir, "metrics.json"),
+        fs.join(c_dir, "metrics.json"),
         c_dir,
         [
             "evaluate",
             f"--model_dir={c_dir}",
-            f"--output={os.path.join(c_dir, 'metrics.json')}",
+            f"--output={fs.join(c_dir, 'metrics.json')}",
         ],
     )
-    q_json = os.path.join(q_dir, "metrics.json")
+    q_json = fs.join(q_dir, "metrics.json")
     q_metrics = p.once(
         "evaluate quantizer",
         q_json,
@@ -107,8 +102,8 @@ def run(output_dir, extra_bindings=()):
     )
     # The priors train on token shards written once (digits get no random augmentation, so these
     # are the tokens the encoder would give on the fly, without re-encoding every step).
-    token_dir = os.path.join(p.out, "tokens")
-    if not _fresh(os.path.join(token_dir, "tokens_info.json"), q_dir):
+    token_dir = fs.join(p.out, "tokens")
+    if not _fresh(fs.join(token_dir, "tokens_info.json"), q_dir):
         p.timings["encode tokens"] = _run(
             ["encode", f"--quantizer_dir={q_dir}", f"--output_dir={token_dir}"]
         )
@@ -120,19 +115,19 @@ def run(output_dir, extra_bindings=()):
         args = [f"--model_dir={prior_dir}", f"--output={output}", f"--classifier={c_dir}"]
         return p.once(label, output, prior_dir, ["evaluate", *args, "--num_samples=1000", *flags])
 
-    p_json = os.path.join(prior_dir, "metrics.json")
+    p_json = fs.join(prior_dir, "metrics.json")
     p_metrics = score_prior("evaluate prior", p_json, "--fid_floor_split=train")
-    r_json = os.path.join(prior_dir, "metrics_acceptance_0.5.json")
+    r_json = fs.join(prior_dir, "metrics_acceptance_0.5.json")
     r_metrics = score_prior("evaluate prior, rejection 0.5", r_json, "--acceptance_rate=0.5")
     # The prior trains with class dropout; classifier-free guidance at this scale is the setting
     # digits_vim.gin recommends (the unguided scores above are the paper's setting).
-    g_json = os.path.join(prior_dir, f"metrics_cfg_{CFG_SCALE:g}.json")
+    g_json = fs.join(prior_dir, f"metrics_cfg_{CFG_SCALE:g}.json")
     g_metrics = score_prior(
         f"evaluate prior, guidance {CFG_SCALE:g}", g_json, f"--cfg_scale={CFG_SCALE}"
     )
     p.once(
         "sample grid",
-        os.path.join(samples_dir, "samples.npz"),
+        fs.join(samples_dir, "samples.npz"),
         prior_dir,
         [
             "sample",
@@ -144,7 +139,7 @@ def run(output_dir, extra_bindings=()):
         ],
     )
     p.train("train unconditional prior", "digits_vim_uncond_tokens.gin", uncond_dir, *tokens_flags)
-    probe_json = os.path.join(uncond_dir, "probe.json")
+    probe_json = fs.join(uncond_dir, "probe.json")
     probe = p.once(
         "linear probe",
         probe_json,
@@ -154,16 +149,18 @@ def run(output_dir, extra_bindings=()):
 
     exports = {}
     for name, model_dir in (("quantizer", q_dir), ("prior", prior_dir), ("classifier", c_dir)):
-        export_dir = os.path.join(p.out, "export", name)
+        export_dir = fs.join(p.out, "export", name)
         versions = (
-            [v for v in os.listdir(export_dir) if v.isdigit()] if os.path.isdir(export_dir) else []
+            [v for v in fs.listdir(export_dir) if v.isdigit()] if fs.isdir(export_dir) else []
         )
-        if not versions or not _fresh(os.path.join(export_dir, max(versions, key=int)), model_dir):
+        # export_info.json is the last file of a version (a dir has no mtime on object stores).
+        newest = max(versions, key=int) if versions else None
+        if not newest or not _fresh(fs.join(export_dir, newest, "export_info.json"), model_dir):
             p.timings[f"export {name}"] = _run(
                 ["export", f"--model_dir={model_dir}", f"--export_dir={export_dir}"]
             )
-            versions = [v for v in os.listdir(export_dir) if v.isdigit()]
-        exports[name] = os.path.join(export_dir, max(versions, key=int))
+            versions = [v for v in fs.listdir(export_dir) if v.isdigit()]
+        exports[name] = fs.join(export_dir, max(versions, key=int))
 
     total = time.time() - start
     print("\n== vim_tf main job: summary ==")
@@ -194,8 +191,8 @@ def run(output_dir, extra_bindings=()):
     print("\nwritten:")
     for label, path in (
         ("reconstruction grid", q_metrics.get("reconstruction_grid")),
-        (f"class sample grid (guidance {CFG_SCALE:g})", os.path.join(samples_dir, "grid.png")),
-        ("samples", os.path.join(samples_dir, "samples.npz")),
+        (f"class sample grid (guidance {CFG_SCALE:g})", fs.join(samples_dir, "grid.png")),
+        ("samples", fs.join(samples_dir, "samples.npz")),
         ("linear-probe plot", probe.get("plot")),
         ("metrics", f"{q_json}, {p_json}, {g_json}, {r_json}, {probe_json}"),
         ("SavedModels", ", ".join(exports.values())),

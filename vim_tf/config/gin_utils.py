@@ -24,6 +24,8 @@ import sys
 import gin
 from absl import logging
 
+from vim_tf.utils import fs
+
 CONFIG_FILE = "config.gin"
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
 COMMAND_FILE = "command.txt"
@@ -51,6 +53,15 @@ _CONFIGURABLE_MODULES = (
 
 
 _lookup_registered = False
+
+
+def _remote_file_exists(path):
+    return fs.is_remote(path) and fs.exists(path)
+
+
+# gin opens files with the builtin open(); a model dir's config.gin on gs:// (or any remote file
+# system) is read through tf.io.gfile instead.
+gin.config.register_file_reader(fs.open, _remote_file_exists)
 
 
 class _GinResourceLookupFilter(std_logging.Filter):
@@ -279,30 +290,25 @@ def bound(parameter):
     return value
 
 
-def _atomic_write(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def save_config(model_dir):
-    """Writes the full parsed config and appends the command line to the model dir."""
-    os.makedirs(model_dir, exist_ok=True)
-    _atomic_write(os.path.join(model_dir, CONFIG_FILE), gin.config_str())
-    with open(os.path.join(model_dir, COMMAND_FILE), "a") as f:
-        stamp = datetime.datetime.now().isoformat(timespec="seconds")
-        f.write(f"# {stamp}\n{shlex.join([sys.executable] + sys.argv)}\n")
+    """Writes the full parsed config and appends the command line to the model dir (local or any
+    file system `vim_tf.utils.fs` reaches)."""
+    fs.makedirs(model_dir)
+    fs.write_text(fs.join(model_dir, CONFIG_FILE), gin.config_str())
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    fs.append_text(
+        fs.join(model_dir, COMMAND_FILE), f"# {stamp}\n{shlex.join([sys.executable] + sys.argv)}\n"
+    )
 
 
 def save_operative_config(model_dir):
-    _atomic_write(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), gin.operative_config_str())
+    fs.write_text(fs.join(model_dir, OPERATIVE_CONFIG_FILE), gin.operative_config_str())
 
 
 def load_model_dir_config(model_dir, extra_bindings=()):
-    """Re-parses the config a model was trained with."""
-    path = os.path.join(model_dir, CONFIG_FILE)
-    if not os.path.exists(path):
+    """Re-parses the config a model was trained with (the model dir may be remote)."""
+    path = fs.join(model_dir, CONFIG_FILE)
+    if not fs.exists(path):
         raise ValueError(
             f"{model_dir!r} holds no {CONFIG_FILE}: it is not a vim_tf model dir (train one with "
             "tools/train.py --gin_file=... --model_dir=DIR)"

@@ -5,14 +5,12 @@ the dataset and the examples per split) and TFRecord shards `<split>-NNNNN-of-MM
 one example per image: `tokens` (int64 list of grid_size**2 ids, raster order) and `label`.
 """
 
-import glob
-import json
-import os
-
 import gin
 import numpy as np
 import tensorflow as tf
 from absl import logging
+
+from vim_tf.utils import fs
 
 INFO_FILE = "tokens_info.json"
 
@@ -23,7 +21,7 @@ def write_token_shards(token_dir, split, batches, info, examples_per_shard=10_00
     Shards are written to temporary names and renamed when complete, so a killed run leaves no
     shard that looks finished.
     """
-    os.makedirs(token_dir, exist_ok=True)
+    fs.makedirs(token_dir)
     paths, writer, in_shard, count = [], None, 0, 0
 
     def close():
@@ -35,7 +33,7 @@ def write_token_shards(token_dir, split, batches, info, examples_per_shard=10_00
         for t, y in zip(tokens, np.asarray(labels)):
             if writer is None or in_shard == examples_per_shard:
                 close()
-                paths.append(os.path.join(token_dir, f".{split}-{len(paths):05d}.tmp"))
+                paths.append(fs.join(token_dir, f".{split}-{len(paths):05d}.tmp"))
                 writer = tf.io.TFRecordWriter(paths[-1])
                 in_shard = 0
             feature = {
@@ -48,30 +46,32 @@ def write_token_shards(token_dir, split, batches, info, examples_per_shard=10_00
             in_shard += 1
             count += 1
     close()
-    for old in glob.glob(os.path.join(token_dir, f"{split}-*.tfrecord")):
-        os.remove(old)
+    for old in _shards(token_dir, split):
+        fs.remove(old)
     for i, tmp in enumerate(paths):
-        os.replace(tmp, os.path.join(token_dir, f"{split}-{i:05d}-of-{len(paths):05d}.tfrecord"))
-    info_path = os.path.join(token_dir, INFO_FILE)
-    merged = read_token_info(token_dir) if os.path.exists(info_path) else dict(info)
+        name = f"{split}-{i:05d}-of-{len(paths):05d}.tfrecord"
+        fs.rename(tmp, fs.join(token_dir, name), overwrite=True)
+    info_path = fs.join(token_dir, INFO_FILE)
+    merged = read_token_info(token_dir) if fs.exists(info_path) else dict(info)
     merged.update({k: v for k, v in info.items() if k != "num_examples"})
     merged.setdefault("num_examples", {})[split] = count
-    tmp = f"{info_path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(merged, f, indent=2, sort_keys=True)
-    os.replace(tmp, info_path)
+    fs.write_json(info_path, merged)
     return count
 
 
+def _shards(token_dir, split):
+    """The finished shards of `split` (sorted paths)."""
+    return fs.glob(token_dir, f"{fs.escape(split)}-*.tfrecord")
+
+
 def read_token_info(token_dir):
-    path = os.path.join(token_dir, INFO_FILE)
-    if not os.path.exists(path):
+    path = fs.join(token_dir, INFO_FILE)
+    if not fs.exists(path):
         raise ValueError(
             f"{token_dir!r} holds no {INFO_FILE}: write token shards first with "
             "tools/encode.py --quantizer_dir=... --output_dir=..."
         )
-    with open(path) as f:
-        return json.load(f)
+    return fs.read_json(path)
 
 
 @gin.configurable
@@ -94,7 +94,7 @@ def make_token_dataset(
     if unused:
         logging.debug("make_token_dataset ignores %s", sorted(unused))
     info = read_token_info(token_dir)
-    files = sorted(glob.glob(os.path.join(token_dir, f"{split}-*.tfrecord")))
+    files = _shards(token_dir, split)
     if not files:
         raise ValueError(
             f"no {split!r} shards in {token_dir!r}: encode that split first "
@@ -146,7 +146,7 @@ def encode_splits(quantizer_dir, output_dir, splits=("train", "test"), batch_siz
     dataset = gin.query_parameter("%DATASET")
     encode = tf.function(quantizer.encode)
     info = {
-        "quantizer_dir": os.path.abspath(quantizer_dir),
+        "quantizer_dir": fs.abspath(quantizer_dir),
         "grid_size": quantizer.grid_size,
         "codebook_size": quantizer.codebook_size,
         "dataset": dataset,

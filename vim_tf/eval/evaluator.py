@@ -1,13 +1,12 @@
 """What `tools/evaluate.py` does: rebuild a trained model from its model dir and score it."""
 
-import os
-
 import tensorflow as tf
 from absl import logging
 
 from vim_tf.config import gin_utils
 from vim_tf.eval import classifier_eval, prior_eval, quantizer_eval
 from vim_tf.training import trainer
+from vim_tf.utils import fs
 from vim_tf.utils import images as image_utils
 from vim_tf.utils import model_dir as model_dir_lib
 
@@ -41,9 +40,9 @@ def load_scoring_network(path):
     from vim_tf.eval import inception
     from vim_tf.eval.scores import ScoringNetwork
 
-    if os.path.exists(os.path.join(path, model_dir_lib.MODEL_INFO_FILE)):
+    if fs.exists(fs.join(path, model_dir_lib.MODEL_INFO_FILE)):
         model = load_classifier(path)
-        return ScoringNetwork.from_keras(model, name=f"vim_tf_classifier:{os.path.abspath(path)}")
+        return ScoringNetwork.from_keras(model, name=f"vim_tf_classifier:{fs.abspath(path)}")
     try:
         return inception.load(path)
     except ValueError as e:
@@ -108,9 +107,7 @@ def evaluate(
     if kind == "quantizer":
         metrics = quantizer_eval.evaluate_quantizer(model, network=network)
         inputs, recs = metrics.pop("examples")
-        grid_path = os.path.join(
-            os.path.dirname(os.path.abspath(output)), "eval_reconstructions.png"
-        )
+        grid_path = fs.join(fs.dirname(output), "eval_reconstructions.png")
         grid = image_utils.make_grid(tf.concat([inputs, recs], 0).numpy(), rows=2)
         image_utils.save_png(grid_path, grid, scale=2)
         metrics["reconstruction_grid"] = grid_path

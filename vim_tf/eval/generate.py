@@ -1,13 +1,12 @@
 """What `tools/sample.py` does: draw samples from a trained prior, decode, save npz and a grid."""
 
-import os
-
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from vim_tf.eval import evaluator
 from vim_tf.models import sampling
+from vim_tf.utils import fs
 from vim_tf.utils import images as image_utils
 
 
@@ -193,17 +192,15 @@ def generate(
             ids, seed, batch_size=batch_size, **settings
         )
         achieved = 1.0
-    os.makedirs(output_dir, exist_ok=True)
+    fs.makedirs(output_dir)
     images_u8 = image_utils.to_uint8(images)
     arrays = {"images": images_u8, "tokens": tokens.astype(np.int32)}
     if plan is not None:
         arrays["class_ids"] = plan
-    npz = os.path.join(output_dir, "samples.npz")
-    tmp = npz + f".tmp-{os.getpid()}.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, npz)
+    npz = fs.join(output_dir, "samples.npz")
+    fs.save_npz(npz, **arrays)
     rows = len(np.unique(plan)) if plan is not None else None
     grid = image_utils.make_grid(images_u8, rows=rows)
-    grid_path = image_utils.save_png(os.path.join(output_dir, "grid.png"), grid, scale=2)
+    grid_path = image_utils.save_png(fs.join(output_dir, "grid.png"), grid, scale=2)
     logging.info("wrote %s and %s (acceptance rate %.3f)", npz, grid_path, achieved)
     return dict(arrays, acceptance_rate=achieved)

@@ -17,6 +17,7 @@ prior gets only its null class (untrained unless it was trained with `VIM.class_
 probe an unconditional prior, e.g. gin/experiments/digits_vim_uncond.gin, for the paper's setup).
 """
 
+import io
 import math
 import os
 
@@ -29,6 +30,7 @@ from absl import logging
 from vim_tf.config import gin_utils
 from vim_tf.data import input_pipeline
 from vim_tf.eval import evaluator
+from vim_tf.utils import fs
 from vim_tf.utils import model_dir as model_dir_lib
 
 
@@ -343,10 +345,9 @@ def plot_accuracy(path, test_top1, train_top1, best_layer, title="Linear probe")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    fs.write_bytes(path, buf.getvalue())
 
 
 def run_linear_probe(model_dir, output, layers=None):
@@ -382,10 +383,10 @@ def run_linear_probe(model_dir, output, layers=None):
         title=f"Linear probe: {os.path.basename(os.path.normpath(model_dir))}",
     )
     result.update(
-        prior=os.path.abspath(model_dir),
+        prior=fs.abspath(model_dir),
         checkpoint=path,
         step=int(path.rsplit("-", 1)[-1]),
-        plot=os.path.abspath(plot_path),
+        plot=fs.abspath(plot_path),
     )
     model_dir_lib.write_json(output, result)
     logging.info(

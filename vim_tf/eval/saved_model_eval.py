@@ -4,25 +4,22 @@ The SavedModel is called only through its signatures; the dataset comes from the
 model dir it was exported from (recorded in its export_info.json).
 """
 
-import json
-import os
-
 import numpy as np
 import tensorflow as tf
 
 from vim_tf.config import gin_utils
 from vim_tf.eval import prior_eval, quantizer_eval
+from vim_tf.utils import fs
 
 
 def read_export_info(path):
-    info_path = os.path.join(path, "export_info.json")
-    if not os.path.exists(info_path):
+    info_path = fs.join(path, "export_info.json")
+    if not fs.exists(info_path):
         raise ValueError(
             f"{path!r} holds no export_info.json: not a vim_tf export version dir "
             "(point at OUT/<version>/ written by tools/export.py)"
         )
-    with open(info_path) as f:
-        return json.load(f)
+    return fs.read_json(info_path)
 
 
 class ServedQuantizer:
@@ -108,9 +105,7 @@ def evaluate_saved_model(path, network=None, num_samples=1000, acceptance_rate=1
             f"{path!r} is a {info['kind']!r} export; --saved_model scores quantizer "
             "and prior exports"
         )
-    metrics.update(
-        kind=info["kind"], saved_model=os.path.abspath(path), step=info["source"]["step"]
-    )
+    metrics.update(kind=info["kind"], saved_model=fs.abspath(path), step=info["source"]["step"])
     return metrics
 
 

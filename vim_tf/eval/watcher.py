@@ -1,13 +1,14 @@
 """A sidecar evaluator: follows a training model dir and scores each new checkpoint."""
 
 import csv
-import os
+import io
 import time
 
 import tensorflow as tf
 from absl import logging
 
 from vim_tf.eval import evaluator
+from vim_tf.utils import fs
 from vim_tf.utils import model_dir as model_dir_lib
 
 HISTORY_JSON = "eval_history.json"
@@ -33,8 +34,8 @@ def watch(model_dir, output_dir=None, poll_seconds=30, timeout_seconds=None, **e
       the list of per-checkpoint metric dicts.
     """
     output_dir = output_dir or model_dir
-    writer = tf.summary.create_file_writer(os.path.join(output_dir, "eval"))
-    history_path = os.path.join(model_dir, HISTORY_JSON)
+    writer = tf.summary.create_file_writer(fs.join(output_dir, "eval"))
+    history_path = fs.join(model_dir, HISTORY_JSON)
     history = []
     done = set()
     last_new = time.time()
@@ -47,7 +48,7 @@ def watch(model_dir, output_dir=None, poll_seconds=30, timeout_seconds=None, **e
             try:
                 metrics = evaluator.evaluate(
                     model_dir,
-                    os.path.join(output_dir, f"eval-{step}.json"),
+                    fs.join(output_dir, f"eval-{step}.json"),
                     checkpoint=path,
                     **eval_kwargs,
                 )
@@ -63,7 +64,7 @@ def watch(model_dir, output_dir=None, poll_seconds=30, timeout_seconds=None, **e
                         tf.summary.scalar(f"eval/{k}", v)
             writer.flush()
             model_dir_lib.write_json(history_path, history)
-            _write_csv(os.path.join(model_dir, HISTORY_CSV), history)
+            _write_csv(fs.join(model_dir, HISTORY_CSV), history)
             logging.info("scored checkpoint %s (step %d)", path, step)
             if final is not None and step >= final:
                 return history
@@ -75,10 +76,9 @@ def watch(model_dir, output_dir=None, poll_seconds=30, timeout_seconds=None, **e
 
 def _write_csv(path, history):
     keys = sorted({k for m in history for k, v in m.items() if isinstance(v, (int, float, str))})
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        for m in history:
-            w.writerow(m)
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    for m in history:
+        w.writerow(m)
+    fs.write_text(path, buf.getvalue())

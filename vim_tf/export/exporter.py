@@ -29,15 +29,14 @@ Example:
 """
 
 import functools
-import json
 import os
-import shutil
 import uuid
 
 import keras
 import tensorflow as tf
 from absl import logging
 
+from vim_tf.utils import fs
 from vim_tf.utils import model_dir as model_dir_lib
 
 EXPORT_INFO_FILE = "export_info.json"
@@ -310,27 +309,26 @@ def feature_layer(prior, model_dir):
     Returns:
       (layer, where it came from).
     """
-    path = os.path.join(model_dir, PROBE_FILE)
-    if not os.path.exists(path):
+    path = fs.join(model_dir, PROBE_FILE)
+    if not fs.exists(path):
         return max(1, prior.num_layers // 2), "default: num_layers // 2 (no probe.json)"
-    with open(path) as f:
-        best = json.load(f).get("best_layer")
+    best = fs.read_json(path).get("best_layer")
     if isinstance(best, bool) or not isinstance(best, int) or not 1 <= best <= prior.num_layers:
         raise ValueError(
             f"{path} has best_layer={best!r}; it must be a block number in "
             f"[1, {prior.num_layers}] (rerun tools/linear_probe.py or remove the file)"
         )
-    return best, os.path.abspath(path)
+    return best, fs.abspath(path)
 
 
 def next_version(export_dir):
     """1 + the largest numeric subdir of `export_dir` (1 when there is none)."""
-    if not os.path.isdir(export_dir):
+    if not fs.isdir(export_dir):
         return 1
     versions = [
         int(name)
-        for name in os.listdir(export_dir)
-        if name.isdigit() and os.path.isdir(os.path.join(export_dir, name))
+        for name in fs.listdir(export_dir)
+        if name.isdigit() and fs.isdir(fs.join(export_dir, name))
     ]
     return max(versions, default=0) + 1
 
@@ -394,7 +392,7 @@ def export_model_dir(model_dir, export_dir, version=None):
     """Exports the trained model in `model_dir` as the SavedModel `export_dir/<version>/`.
 
     The SavedModel is written to a temporary dir inside `export_dir` (TF Serving ignores
-    non-numeric names) and renamed into place, so a crash never leaves a half-written version
+    non-numeric names) and moved into place (a rename on a local disk), so a crash never leaves a half-written version
     and existing versions are never touched. `export_info.json` beside `saved_model.pb` records
     the kind, sizes, feature layer, signatures and the source model dir and checkpoint.
 
@@ -414,8 +412,8 @@ def export_model_dir(model_dir, export_dir, version=None):
     elif isinstance(version, bool) or int(version) != version or version < 1:
         raise ValueError(f"version must be a positive int, got {version!r}")
     version = int(version)
-    final = os.path.join(export_dir, str(version))
-    if os.path.exists(final):
+    final = fs.join(export_dir, str(version))
+    if fs.exists(final):
         raise ValueError(
             f"{final} exists: versions are never overwritten (omit version for the next one)"
         )
@@ -436,24 +434,24 @@ def export_model_dir(model_dir, export_dir, version=None):
         serving_default=endpoints[0][0],
         signatures=signatures,
         source={
-            "model_dir": os.path.abspath(model_dir),
-            "checkpoint": os.path.abspath(checkpoint),
+            "model_dir": fs.abspath(model_dir),
+            "checkpoint": fs.abspath(checkpoint),
             "step": int(checkpoint.rsplit("-", 1)[-1]),
         },
         tensorflow_version=tf.__version__,
         keras_version=keras.__version__,
     )
 
-    os.makedirs(export_dir, exist_ok=True)
-    tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    fs.makedirs(export_dir)
+    tmp = fs.join(export_dir, f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         archive.write_out(tmp, verbose=False)
-        model_dir_lib.write_json(os.path.join(tmp, EXPORT_INFO_FILE), export_info)
-        if os.path.exists(final):
+        model_dir_lib.write_json(fs.join(tmp, EXPORT_INFO_FILE), export_info)
+        if fs.exists(final):
             raise ValueError(f"{final} appeared while exporting; not overwriting it")
-        os.replace(tmp, final)
+        fs.move_dir(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        fs.rmtree(tmp, ignore_errors=True)
         raise
     logging.info(
         "exported the %s in %s (%s) to %s: signatures %s (serving_default = %s)",

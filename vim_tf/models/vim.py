@@ -7,7 +7,6 @@ the token it predicts.
 """
 
 import math
-import os
 
 import gin
 import keras
@@ -20,6 +19,7 @@ from vim_tf.models import randomness, sampling
 from vim_tf.models.vit import TransformerStack
 from vim_tf.models.vitvqgan import load_quantizer
 from vim_tf.training import guard
+from vim_tf.utils import fs
 from vim_tf.utils import model_dir as model_dir_lib
 
 
@@ -421,7 +421,7 @@ class VIM(keras.Model):
             "grid_size": self.grid_size,
             "codebook_size": self.codebook_size,
             "num_classes": self.num_classes,
-            "quantizer_dir": _absolute(self.quantizer_dir) if self.quantizer_dir else None,
+            "quantizer_dir": fs.abspath(self.quantizer_dir) if self.quantizer_dir else None,
         }
         if self.quantizer is not None:
             info["image_size"] = self.quantizer.image_size
@@ -443,7 +443,3 @@ class VIM(keras.Model):
         )
         return config
 
-
-def _absolute(path):
-    """A local path made absolute; a filesystem URL (gs://, ram://, ...) kept as it is."""
-    return path if "://" in str(path) else os.path.abspath(path)

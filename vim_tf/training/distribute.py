@@ -6,6 +6,8 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from vim_tf.utils import fs
+
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
@@ -75,18 +77,19 @@ def worker_dir(model_dir, strategy):
     if is_chief(strategy):
         return model_dir
     resolver = strategy.cluster_resolver
-    return os.path.join(model_dir, WORKERS_DIR, f"{resolver.task_type}_{resolver.task_id}")
+    return fs.join(model_dir, WORKERS_DIR, f"{resolver.task_type}_{resolver.task_id}")
 
 
 def remove_worker_dir(model_dir, strategy):
     """Deletes a non-chief worker's temporary dir (and `.workers` once empty); no-op on the chief."""
     if is_chief(strategy):
         return
-    import shutil
-
-    path = worker_dir(model_dir, strategy)
-    shutil.rmtree(path, ignore_errors=True)
+    fs.rmtree(worker_dir(model_dir, strategy), ignore_errors=True)
+    workers = fs.join(model_dir, WORKERS_DIR)
     try:
-        os.rmdir(os.path.join(model_dir, WORKERS_DIR))  # only succeeds when empty
+        if not fs.is_remote(workers):
+            os.rmdir(workers)  # only succeeds when empty: another worker may still use it
+        elif not fs.listdir(workers):
+            fs.rmtree(workers)
     except OSError:
         pass

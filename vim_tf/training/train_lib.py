@@ -1,7 +1,6 @@
 """What `tools/train.py` does: parse gin, pick the strategy, train."""
 
 import inspect
-import os
 
 import gin
 import keras
@@ -10,6 +9,7 @@ from absl import logging
 from vim_tf.config import gin_utils
 from vim_tf.data import tokens
 from vim_tf.training import distribute, precision, trainer
+from vim_tf.utils import fs
 from vim_tf.utils import model_dir as model_dir_lib
 
 
@@ -21,8 +21,8 @@ def run(model_dir, gin_files=(), gin_bindings=(), strategy="default", tpu=None, 
     if not model_dir:
         raise ValueError("--model_dir is required")
     if not gin_files:
-        if os.path.exists(os.path.join(model_dir, gin_utils.CONFIG_FILE)):
-            gin_files = [os.path.join(model_dir, gin_utils.CONFIG_FILE)]
+        if fs.exists(fs.join(model_dir, gin_utils.CONFIG_FILE)):
+            gin_files = [fs.join(model_dir, gin_utils.CONFIG_FILE)]
             logging.info("no --gin_file given: resuming with %s", gin_files[0])
         else:
             raise ValueError(
@@ -48,7 +48,7 @@ def run(model_dir, gin_files=(), gin_bindings=(), strategy="default", tpu=None, 
             token_dir = gin_utils.bound("make_token_dataset.token_dir")
             if token_dir:
                 tokens.check_token_dir(token_dir, model_dir_lib.read_model_info(quantizer_dir))
-            model_kwargs["quantizer_dir"] = os.path.abspath(quantizer_dir)
+            model_kwargs["quantizer_dir"] = fs.abspath(quantizer_dir)
         _check_config(strat, quantizer_dir)
         return trainer.train(model_dir, strategy=strat, model_kwargs=model_kwargs)
     finally:
@@ -58,7 +58,7 @@ def run(model_dir, gin_files=(), gin_bindings=(), strategy="default", tpu=None, 
 def _check_same_quantizer(model_dir, quantizer_dir):
     """A prior resumed with another quantizer must keep the token grid and vocabulary."""
     new = model_dir_lib.read_model_info(quantizer_dir, kind="quantizer")
-    if not os.path.exists(os.path.join(model_dir, model_dir_lib.MODEL_INFO_FILE)):
+    if not fs.exists(fs.join(model_dir, model_dir_lib.MODEL_INFO_FILE)):
         return
     old = model_dir_lib.read_model_info(model_dir)
     for key in ("grid_size", "codebook_size"):

@@ -10,7 +10,6 @@ A model trained here is a `keras.Model` with:
 Rerunning the same command resumes from the newest checkpoint in the model dir.
 """
 
-import glob
 import math
 import os
 import shutil
@@ -27,6 +26,7 @@ from absl import logging
 from vim_tf.config import gin_utils
 from vim_tf.data import input_pipeline
 from vim_tf.training import distribute, guard, optimizers
+from vim_tf.utils import fs
 from vim_tf.utils import images as image_utils
 from vim_tf.utils import model_dir as model_dir_lib
 
@@ -198,7 +198,7 @@ def train(
         info = model.model_info() if hasattr(model, "model_info") else {"kind": model.kind}
         model_dir_lib.write_model_info(model_dir, dict(info, train_steps=train_steps))
         model_dir_lib.write_json(
-            os.path.join(model_dir, model_dir_lib.MODEL_CONFIG_FILE), model.get_config()
+            fs.join(model_dir, model_dir_lib.MODEL_CONFIG_FILE), model.get_config()
         )
     if start >= train_steps:
         logging.info(
@@ -368,7 +368,7 @@ def train(
                         tf.summary.image(f"images/{k}", grid[None], step=step)
                 if chief:
                     for k, grid in grids.items():
-                        image_utils.save_png(os.path.join(model_dir, f"{k}.png"), grid, scale=2)
+                        image_utils.save_png(fs.join(model_dir, f"{k}.png"), grid, scale=2)
             if step % checkpoint_every == 0 or step == train_steps:
                 save(step)
             writer.flush()
@@ -517,10 +517,10 @@ def restore_newest_usable(ckpt, manager):
 
 def _remove_stale_temporaries(directory):
     """Removes `ckpt-N_temp` dirs: a save killed midway leaves them; no checkpoint refers to them."""
-    for path in glob.glob(os.path.join(directory, "ckpt-*_temp")):
-        if os.path.isdir(path):
+    for path in fs.glob(directory, "ckpt-*_temp"):
+        if fs.isdir(path):
             logging.info("removing %s (left by an interrupted checkpoint write)", path)
-            shutil.rmtree(path, ignore_errors=True)
+            fs.rmtree(path, ignore_errors=True)
 
 
 def _checkpoint_bytes(model):
@@ -534,7 +534,10 @@ def _checkpoint_bytes(model):
 
 
 def _check_free_space(directory, model):
-    """Fails before training when the disk cannot hold two checkpoints."""
+    """Fails before training when the disk cannot hold two checkpoints (local dirs only)."""
+    if fs.is_remote(directory):
+        logging.info("not checking free space of %s (not a local disk)", directory)
+        return
     need = 2 * _checkpoint_bytes(model)
     free = shutil.disk_usage(directory).free
     if free < need:
@@ -570,10 +573,10 @@ def _learning_rates(model):
 
 def _check_writable(directory):
     try:
-        os.makedirs(directory, exist_ok=True)
-        probe = os.path.join(directory, f".write-probe-{os.getpid()}")
-        with open(probe, "w") as f:
+        fs.makedirs(directory)
+        probe = fs.join(directory, f".write-probe-{os.getpid()}")
+        with fs.open(probe, "w") as f:
             f.write("ok")
-        os.remove(probe)
-    except OSError as e:
+        fs.remove(probe)
+    except (OSError, tf.errors.OpError) as e:
         raise OSError(f"model dir {directory!r} is not writable: {e}") from e

@@ -1,10 +1,12 @@
 """Image metrics and image grids (PNG) for summaries and tools."""
 
-import os
+import io
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+
+from vim_tf.utils import fs
 
 
 def psnr(targets, predictions, max_val=1.0):
@@ -63,11 +65,14 @@ def make_grid(images, rows=None, padding=2, pad_value=255):
 
 
 def save_png(path, grid, scale=1):
-    """Writes a uint8 [H, W, 3] image atomically (temp file + rename), optionally enlarged."""
+    """Writes a uint8 [H, W, 3] image atomically (temp file + rename), optionally enlarged.
+
+    `path` may be on any file system `vim_tf.utils.fs` reaches; returns it.
+    """
     img = Image.fromarray(np.asarray(grid, np.uint8))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    fs.write_bytes(path, buf.getvalue())
     return path

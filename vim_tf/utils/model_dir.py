@@ -1,12 +1,15 @@
 """What a model dir holds besides checkpoints: its kind and Keras config, and how to restore it.
 
-Importing this module does not import TensorFlow, so the tools can check a model dir (exists,
-right kind, has a checkpoint) and fail in a fraction of a second, before loading TF.
+A model dir may be local or on any file system TensorFlow reads (`gs://...`): every access goes
+through `vim_tf.utils.fs`. Importing this module does not import TensorFlow, and neither does
+checking a local dir, so the tools can check a model dir (exists, right kind, has a checkpoint)
+and fail in a fraction of a second, before loading TF.
 """
 
-import glob
 import json
 import os
+
+from vim_tf.utils import fs
 
 MODEL_INFO_FILE = "model_info.json"
 # The Keras config of the model: rebuilds it without gin (a prior loads its quantizer this way).
@@ -17,21 +20,16 @@ KINDS = ("quantizer", "prior", "classifier")
 
 def write_json(path, obj):
     """Writes JSON atomically (temp file + rename): a crash never leaves half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    fs.write_json(path, obj)
 
 
 def write_model_info(model_dir, info):
-    write_json(os.path.join(model_dir, MODEL_INFO_FILE), info)
+    write_json(fs.join(model_dir, MODEL_INFO_FILE), info)
 
 
 def _not_a_model_dir_hint(model_dir):
     """What a dir without model_info.json holds instead, as a hint for the error message."""
-    names = set(os.listdir(model_dir))
+    names = set(fs.listdir(model_dir))
     if not names:
         return "it is empty"
     if "saved_model.pb" in names:
@@ -49,20 +47,19 @@ def read_model_info(model_dir, kind=None):
       ValueError: the dir does not exist, is not a model dir, its model_info.json is damaged, or
         the model is of another kind. The message names the dir and what is wrong.
     """
-    if not os.path.isdir(model_dir):
-        what = "is not a directory" if os.path.exists(model_dir) else "does not exist"
+    if not fs.isdir(model_dir):
+        what = "is not a directory" if fs.exists(model_dir) else "does not exist"
         raise ValueError(f"model dir {model_dir!r} {what}: expected a trained vim_tf model dir")
-    path = os.path.join(model_dir, MODEL_INFO_FILE)
-    if not os.path.exists(path):
+    path = fs.join(model_dir, MODEL_INFO_FILE)
+    if not fs.exists(path):
         raise ValueError(
             f"{model_dir!r} holds no {MODEL_INFO_FILE}: not a trained vim_tf model dir "
             f"({_not_a_model_dir_hint(model_dir)})"
         )
-    with open(path) as f:
-        try:
-            info = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}): the model dir is damaged") from e
+    try:
+        info = fs.read_json(path)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): the model dir is damaged") from e
     if not isinstance(info, dict):
         raise ValueError(f"{path} is not a JSON object: the model dir is damaged")
     if kind is not None and info.get("kind") != kind:
@@ -71,13 +68,14 @@ def read_model_info(model_dir, kind=None):
 
 
 def has_checkpoint(model_dir):
-    """Whether `model_dir` holds at least one checkpoint (a `*.index` file); no TF needed."""
-    return bool(glob.glob(os.path.join(glob.escape(model_dir), "*.index")))
+    """Whether `model_dir` holds at least one checkpoint (a `*.index` file)."""
+    return bool(fs.glob(model_dir, "*.index"))
 
 
 def check_model_dir(model_dir, kinds=None, purpose=None, need_checkpoint=True):
     """Checks a trained model dir before any work: it exists, is of one of `kinds` and (with
-    `need_checkpoint`) holds a checkpoint. Cheap (no TensorFlow); returns its model_info dict.
+    `need_checkpoint`) holds a checkpoint. Cheap (no TensorFlow for a local dir); returns its
+    model_info dict.
 
     Args:
       model_dir: the dir.
@@ -109,11 +107,10 @@ def check_model_dir(model_dir, kinds=None, purpose=None, need_checkpoint=True):
 
 
 def read_model_config(model_dir):
-    path = os.path.join(model_dir, MODEL_CONFIG_FILE)
-    if not os.path.exists(path):
+    path = fs.join(model_dir, MODEL_CONFIG_FILE)
+    if not fs.exists(path):
         raise ValueError(f"{model_dir!r} holds no {MODEL_CONFIG_FILE}: not a trained vim_tf model")
-    with open(path) as f:
-        return json.load(f)
+    return fs.read_json(path)
 
 
 def restore_latest(model, model_dir, checkpoint=None):
