@@ -23,6 +23,21 @@ class FsTest(TestCase, parameterized.TestCase):
         return os.path.join(self.get_temp_dir(), uuid.uuid4().hex[:8])
 
     @parameterized.parameters("local", "ram")
+    def test_local_copy_reads_like_the_original_and_is_removed(self, where):
+        path = fs.join(self._root(where), "w.h5")
+        fs.write_bytes(path, b"weights\x00")
+        with fs.local_copy(path) as local:
+            self.assertTrue(os.path.isabs(local) or where == "local")
+            with open(local, "rb") as f:  # a plain local read: what h5py does
+                self.assertEqual(f.read(), b"weights\x00")
+        if where == "ram":
+            self.assertNotEqual(local, path)
+            self.assertFalse(os.path.exists(local))  # the temporary copy is gone
+        else:
+            self.assertEqual(local, path)  # local files are used in place
+        self.assertTrue(fs.exists(path))
+
+    @parameterized.parameters("local", "ram")
     def test_atomic_writes_round_trip_and_leave_no_temporaries(self, where):
         root = self._root(where)
         fs.write_json(fs.join(root, "a", "m.json"), {"b": 1, "a": [1.5]})

@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from absl import app, flags  # noqa: E402
 
-from vim_tf.utils import cli  # noqa: E402
+from vim_tf.utils import cli, fs  # noqa: E402
 from vim_tf.utils import model_dir as model_dir_lib  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "A trained model dir (holds config.gin and ckpt-*).")
@@ -85,7 +85,7 @@ def main(argv):
 
         watcher.watch(
             FLAGS.model_dir,
-            os.path.dirname(os.path.abspath(FLAGS.output)),
+            fs.dirname(fs.abspath(FLAGS.output)),
             FLAGS.poll_seconds,
             classifier=FLAGS.classifier,
             num_samples=FLAGS.num_samples,

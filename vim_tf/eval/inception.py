@@ -25,13 +25,12 @@ Example:
 """
 
 import os
-import shutil
-import tempfile
 import warnings
 
 import tensorflow as tf
 
 from vim_tf.eval.scores import ScoringNetwork
+from vim_tf.utils import fs
 
 INCEPTION_SIZE = (299, 299)
 FROZEN_GRAPH_FILE = "classify_image_graph_def.pb"
@@ -155,7 +154,7 @@ def from_keras_weights(path, name=None):
     import keras
 
     model = keras.applications.InceptionV3(weights=None, classifier_activation=None)
-    with _local_copy(path) as local, warnings.catch_warnings(record=True) as caught:
+    with fs.local_copy(path) as local, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             model.load_weights(local)
@@ -184,23 +183,3 @@ def from_keras_weights(path, name=None):
     )
     network._model = net
     return network
-
-
-class _local_copy:
-    """A local path for `path` (h5py reads local files only); remote files are copied."""
-
-    def __init__(self, path):
-        self.path = path
-        self.tmp = None
-
-    def __enter__(self):
-        if "://" not in self.path:
-            return self.path
-        self.tmp = tempfile.mkdtemp(prefix="vim_tf_weights_")
-        local = os.path.join(self.tmp, os.path.basename(self.path))
-        tf.io.gfile.copy(self.path, local)
-        return local
-
-    def __exit__(self, *exc):
-        if self.tmp:
-            shutil.rmtree(self.tmp, ignore_errors=True)

@@ -7,11 +7,11 @@ training machine and pass its path. A `.weights.h5` file saved by Keras 3 from
 `keras.applications.VGG16(include_top=False, weights=None)` works too.
 """
 
-import os
-
 import gin
 import keras
 from keras import ops
+
+from vim_tf.utils import fs
 
 DEFAULT_FEATURE_LAYERS = (
     "block1_conv2",
@@ -67,7 +67,7 @@ class PerceptualLoss(keras.layers.Layer):
         super().__init__(**kwargs)
         if weights_path is None:
             raise ValueError(f"PerceptualLoss got weights_path=None. {_WEIGHTS_HELP}")
-        if not os.path.exists(weights_path):
+        if not fs.exists(weights_path):
             raise ValueError(
                 f"PerceptualLoss: weights_path {weights_path!r} does not exist. {_WEIGHTS_HELP}"
             )
@@ -80,7 +80,8 @@ class PerceptualLoss(keras.layers.Layer):
         self.min_size = int(min_size)
 
         vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
-        vgg.load_weights(self.weights_path)
+        with fs.local_copy(self.weights_path) as local:
+            vgg.load_weights(local)
         vgg.trainable = False
         names = [layer.name for layer in vgg.layers]
         unknown = [n for n in self.feature_layers if n not in names]

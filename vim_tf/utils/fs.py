@@ -306,3 +306,21 @@ def load_npz(path):
 
     with np.load(io.BytesIO(read_bytes(path))) as data:
         return {k: data[k] for k in data.files}
+
+
+@contextlib.contextmanager
+def local_copy(path):
+    """A local file path for `path`, for readers that only open local files (h5py, Keras's
+    legacy weights loader): a remote file is copied to a temporary dir, deleted afterwards."""
+    if not is_remote(path):
+        yield path
+        return
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="vim_tf_copy_")
+    try:
+        local = os.path.join(tmp, posixpath.basename(path))
+        _gfile().copy(path, local)
+        yield local
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
