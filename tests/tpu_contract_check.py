@@ -17,7 +17,7 @@ halves of that contract for every model kind and training phase:
 
 writes {"case", "checked": {dtype: count}, "violations": [...], "xla_steps": N}. With
 `--flag_dtype=int64` the guard's non-finite flag is summed as int64 (as it once was), which the
-check must report.
+check must report; without it the code's own dtype is checked.
 """
 
 import argparse
@@ -217,7 +217,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=sorted(CASES), required=True)
     parser.add_argument("--output", required=True)
-    parser.add_argument("--flag_dtype", default="int32", choices=("int32", "int64"))
+    parser.add_argument(
+        "--flag_dtype",
+        default=None,
+        choices=("int32", "int64"),
+        help="override the guard's flag dtype (default: the code's own)",
+    )
     parser.add_argument("--no_xla", action="store_true", help="only the 2-replica dtype check")
     args = parser.parse_args(argv)
 
@@ -230,7 +235,8 @@ def main(argv=None):
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from vim_tf.training import guard
 
-    guard.FLAG_DTYPE = tf.as_dtype(args.flag_dtype)
+    if args.flag_dtype:
+        guard.FLAG_DTYPE = tf.as_dtype(args.flag_dtype)
     with tempfile.TemporaryDirectory() as work_dir:
         out = run_case(args.case, work_dir, xla=not args.no_xla)
     with open(args.output, "w") as f:
