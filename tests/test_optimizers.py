@@ -34,8 +34,14 @@ class ScheduleTest(TestCase):
         self.assertAllClose(s(900000), 1e-5, rtol=1e-5)
 
     def test_schedule_errors(self):
-        with self.assertRaisesRegex(ValueError, "warmup_steps <= decay_steps, got 10, 5"):
+        with self.assertRaisesRegex(
+            ValueError,
+            r"warmup_steps <= decay_steps, got 10, 5: bind WarmupCosine.warmup_steps to at "
+            r"most 5 or raise WarmupCosine.decay_steps \(TRAIN_STEPS",
+        ):
             optimizers.WarmupCosine(1e-3, 10, 5)
+        with self.assertRaisesRegex(ValueError, r"bind WarmupHoldExponential.warmup_steps"):
+            optimizers.WarmupHoldExponential(1e-3, 5, 2, 3, 1e-4)
         with self.assertRaisesRegex(ValueError, "0 < final <= peak"):
             optimizers.WarmupHoldExponential(1e-3, 1, 2, 3, 0.0)
 

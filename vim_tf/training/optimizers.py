@@ -25,8 +25,12 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         if peak <= 0 or final < 0:
             raise ValueError(f"learning rates must be peak > 0, final >= 0; got {peak}, {final}")
         if warmup_steps < 0 or decay_steps < warmup_steps:
+            # Named as gin bindings: the experiments tie decay_steps to TRAIN_STEPS, so a short
+            # run that only lowers TRAIN_STEPS lands here.
             raise ValueError(
-                f"need 0 <= warmup_steps <= decay_steps, got {warmup_steps}, {decay_steps}"
+                f"need 0 <= warmup_steps <= decay_steps, got {warmup_steps}, {decay_steps}: "
+                f"bind WarmupCosine.warmup_steps to at most {max(decay_steps, 0)} or raise "
+                "WarmupCosine.decay_steps (TRAIN_STEPS in the experiments)"
             )
         self.peak = float(peak)
         self.warmup_steps = int(warmup_steps)
@@ -62,7 +66,9 @@ class WarmupHoldExponential(keras.optimizers.schedules.LearningRateSchedule):
         if not 0 <= warmup_steps <= decay_start <= decay_end:
             raise ValueError(
                 "need 0 <= warmup_steps <= decay_start <= decay_end, got "
-                f"{warmup_steps}, {decay_start}, {decay_end}"
+                f"{warmup_steps}, {decay_start}, {decay_end}: bind "
+                "WarmupHoldExponential.warmup_steps / .decay_start within "
+                "WarmupHoldExponential.decay_end (TRAIN_STEPS in the experiments)"
             )
         self.peak = float(peak)
         self.warmup_steps = int(warmup_steps)
