@@ -160,14 +160,7 @@ def run_case(case, work_dir, xla=True):
 
     gin_file, bindings, needs_quantizer = CASES[case]
     bindings = (f"IMAGE_SIZE = {IMAGE_SIZE}", f"BATCH_SIZE = {GLOBAL_BATCH}") + bindings
-    rng = np.random.default_rng(0)
-    batches = [
-        {
-            "image": rng.uniform(size=(GLOBAL_BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32"),
-            "label": rng.integers(0, 10, size=(GLOBAL_BATCH,)).astype("int32"),
-        }
-        for _ in range(STEPS)
-    ]
+    batches = distribute_check.random_batches(STEPS, GLOBAL_BATCH, IMAGE_SIZE)
     model_kwargs = {}
     if needs_quantizer:
         model_kwargs["quantizer_dir"] = distribute_check._fake_quantizer_dir(

@@ -172,6 +172,18 @@ def _scalars(model_dir):
     return out
 
 
+def random_batches(steps, global_batch, image_size, seed=0):
+    """`steps` fixed global batches of uniform images and digit labels (numpy)."""
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "image": rng.uniform(size=(global_batch, image_size, image_size, 3)).astype("float32"),
+            "label": rng.integers(0, 10, size=(global_batch,)).astype("int32"),
+        }
+        for _ in range(steps)
+    ]
+
+
 def run_case(case, work_dir):
     """Trains `case` on one device and on two replicas; returns the npz contents."""
     import gin
@@ -189,14 +201,7 @@ def run_case(case, work_dir):
             logged.append(record.getMessage())
 
     py_logging.getLogger("absl").addHandler(Record())
-    rng = np.random.default_rng(0)
-    batches = [
-        {
-            "image": rng.uniform(size=(GLOBAL_BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32"),
-            "label": rng.integers(0, 10, size=(GLOBAL_BATCH,)).astype("int32"),
-        }
-        for _ in range(STEPS)
-    ]
+    batches = random_batches(STEPS, GLOBAL_BATCH, IMAGE_SIZE)
     model_kwargs = {}
     if case == "prior":
         model_kwargs["quantizer_dir"] = _fake_quantizer_dir(os.path.join(work_dir, "quantizer"))
