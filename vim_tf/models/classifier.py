@@ -9,10 +9,11 @@ from keras import ops
 from vim_tf.config import checks
 from vim_tf.models import randomness
 from vim_tf.training import guard
+from vim_tf.training.procedure import TrainingProcedure
 
 
 @gin.register
-class ImageClassifier(keras.Model):
+class ImageClassifier(TrainingProcedure):
     """Conv blocks (conv-BN-ReLU x2, then 2x2 max-pool), global average pool, dense features,
     softmax logits.
 
@@ -110,6 +111,9 @@ class ImageClassifier(keras.Model):
 
     def build_optimizers(self):
         self.classifier_optimizer.build(self.trainable_variables)
+
+    def named_optimizers(self):
+        return {"classifier": self.classifier_optimizer}
 
     def checkpoint_items(self):
         return {"model": self, "classifier_optimizer": self.classifier_optimizer}

@@ -19,12 +19,13 @@ from vim_tf.models import randomness, sampling
 from vim_tf.models.vit import TransformerStack
 from vim_tf.models.vitvqgan import load_quantizer
 from vim_tf.training import guard
+from vim_tf.training.procedure import TrainingProcedure
 from vim_tf.utils import fs
 from vim_tf.utils import model_dir as model_dir_lib
 
 
 @gin.register
-class VIM(keras.Model):
+class VIM(TrainingProcedure):
     """Decoder-only Transformer over raster-ordered image tokens.
 
     Args:
@@ -207,6 +208,9 @@ class VIM(keras.Model):
 
     def build_optimizers(self):
         self.prior_optimizer.build(self.trainable_variables)
+
+    def named_optimizers(self):
+        return {"prior": self.prior_optimizer}
 
     def checkpoint_items(self):
         return {"model": self, "prior_optimizer": self.prior_optimizer}

@@ -12,6 +12,7 @@ from vim_tf.models import quantizer as quantizer_lib
 from vim_tf.models.discriminator import StyleGANDiscriminator
 from vim_tf.models.vit import ViTDecoder, ViTEncoder
 from vim_tf.training import guard
+from vim_tf.training.procedure import TrainingProcedure
 from vim_tf.utils import images as image_utils
 from vim_tf.utils import model_dir as model_dir_lib
 
@@ -57,7 +58,7 @@ def _loss_fn(fn_or_name, kind):
 
 
 @gin.register
-class ViTVQGAN(keras.Model):
+class ViTVQGAN(TrainingProcedure):
     """ViT encoder -> factorized l2-normalized quantizer -> ViT decoder, trained as a GAN.
 
     Loss (PAPER.md): L = vq_weight * L_VQ + adversarial_weight * L_adv + perceptual_weight *
@@ -311,6 +312,15 @@ class ViTVQGAN(keras.Model):
         self.generator_optimizer.build(self.generator_variables)
         if self.discriminator_optimizer is not None:
             self.discriminator_optimizer.build(self.discriminator.trainable_variables)
+
+    def active_optimizer_names(self):
+        return ["generator"] + (["discriminator"] if self.discriminator is not None else [])
+
+    def named_optimizers(self):
+        opts = {"generator": self.generator_optimizer}
+        if self.discriminator_optimizer is not None:
+            opts["discriminator"] = self.discriminator_optimizer
+        return opts
 
     def checkpoint_items(self):
         items = {"model": self, "generator_optimizer": self.generator_optimizer}

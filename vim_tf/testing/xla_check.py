@@ -4,8 +4,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vim_tf.training import trainer
-
 
 def graph_and_xla_updates(model, data, steps=2, learning_rate=0.05):
     """Runs `steps` train steps in graph mode, then the same steps XLA-compiled from the same state.
@@ -18,10 +16,10 @@ def graph_and_xla_updates(model, data, steps=2, learning_rate=0.05):
       (graph_weights, xla_weights, initial_weights, graph_metrics, xla_metrics): lists of numpy
       arrays for every weight of the model, and the two runs' final metric dicts (floats).
     """
-    names = trainer.optimizer_names(model)
-    model.compile(**{n: keras.optimizers.SGD(learning_rate) for n in names})
+    names = model.active_optimizer_names()
+    model.compile_optimizers({n: keras.optimizers.SGD(learning_rate) for n in names})
     model.build_optimizers()
-    opts = [getattr(model, f"{n}_optimizer") for n in names]
+    opts = list(model.named_optimizers().values())
     initial = [w.numpy() for w in model.weights]
     runs = []
     for jit in (False, True):

@@ -64,22 +64,13 @@ def create_model(model_class=gin.REQUIRED, **kwargs):
     return model_class(**kwargs)
 
 
-def optimizer_names(model):
-    """The optimizers `model.compile` takes: its `optimizer_names` less an absent discriminator's."""
-    return [
-        name
-        for name in model.optimizer_names
-        if name != "discriminator" or getattr(model, "discriminator", None) is not None
-    ]
-
-
 def build_model(strategy, **model_kwargs):
     """Creates the model, its variables and its optimizers inside the strategy's scope."""
     with strategy.scope():
         model = create_model(**model_kwargs)
         model.build_all()
-        opts = {name: optimizers.make_scoped_optimizer(name) for name in optimizer_names(model)}
-        model.compile(**opts)
+        names = model.active_optimizer_names()
+        model.compile_optimizers({name: optimizers.make_scoped_optimizer(name) for name in names})
         model.build_optimizers()
         guard.attach(model)
     return model
@@ -177,8 +168,7 @@ def train(
     if chief:
         # After the model is built: a configuration error leaves the model dir untouched.
         gin_utils.save_config(model_dir)
-    if hasattr(model, "describe"):
-        model.describe()
+    model.describe()
     ckpt, manager = make_checkpoint_manager(model, out_dir, keep_checkpoints)
     if chief:
         _remove_stale_temporaries(out_dir)
@@ -195,8 +185,7 @@ def train(
     _check_free_space(out_dir, model)
     start = int(model.step.numpy())
     if chief:
-        info = model.model_info() if hasattr(model, "model_info") else {"kind": model.kind}
-        model_dir_lib.write_model_info(model_dir, dict(info, train_steps=train_steps))
+        model_dir_lib.write_model_info(model_dir, dict(model.model_info(), train_steps=train_steps))
         model_dir_lib.write_json(
             fs.join(model_dir, model_dir_lib.MODEL_CONFIG_FILE), model.get_config()
         )
@@ -220,15 +209,13 @@ def train(
     summary_batch = next(iter(dataset_fn(split=summary_split, training=False, cache=False)))
 
     writer = tf.summary.create_file_writer(out_dir) if chief else tf.summary.create_noop_writer()
-    boundaries = sorted(
-        b for b in getattr(model, "phase_boundaries", lambda: [])() if 0 < b < train_steps
-    )
+    boundaries = sorted(b for b in model.phase_boundaries() if 0 < b < train_steps)
     state = guard.state_of(model)
 
     def uses_xla():
         """Whether the current phase's step is XLA-compiled (after `set_phase`)."""
         if jit_compile == "except_adversarial":
-            return not getattr(model, "adversarial_active", False)
+            return not model.adversarial_active
         return jit_compile
 
     stop_on_nonfinite = nonfinite == "stop"
@@ -290,8 +277,7 @@ def train(
         while step < train_steps:
             new_phase = sum(step >= b for b in boundaries)
             if new_phase != phase:
-                if hasattr(model, "set_phase"):
-                    model.set_phase(step)
+                model.set_phase(step)
                 loop, phase = make_loop(), new_phase
                 logging.info(
                     "train step from step %d: %s",
@@ -405,8 +391,6 @@ class _ImageSummaries:
 
     def grids(self):
         """{name: uint8 [H', W', 3] grid}; {} for a model without image summaries."""
-        if not hasattr(self._model, "summary_images"):
-            return {}
         if self._fn is None:
             self._fn = tf.function(lambda b: self._strategy.run(self._images, args=(b,)))
         out = self._fn(self._batch)
@@ -525,10 +509,8 @@ def _remove_stale_temporaries(directory):
 
 def _checkpoint_bytes(model):
     total = 0
-    for name in model.optimizer_names:
-        opt = getattr(model, f"{name}_optimizer", None)
-        if opt is not None:
-            total += sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in opt.variables)
+    for opt in model.named_optimizers().values():
+        total += sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in opt.variables)
     total += sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in model.variables)
     return total
 
@@ -561,10 +543,7 @@ def _check_finite_weights(model, step, last_good):
 
 def _learning_rates(model):
     out = {}
-    for name in model.optimizer_names:
-        opt = getattr(model, f"{name}_optimizer", None)
-        if opt is None:
-            continue
+    for name, opt in model.named_optimizers().items():
         # The schedule at the current step; a constant rate is a (mirrored) variable that
         # float() refuses under a multi-replica strategy, hence convert_to_tensor.
         out[name] = float(tf.convert_to_tensor(opt.learning_rate))
