@@ -56,6 +56,7 @@ def code_statistics(counts):
 
 
 @gin.register
+@keras.saving.register_keras_serializable(package="vim_tf")
 class VectorQuantizer(keras.layers.Layer):
     """Factorized codes with l2-normalized lookup, trained by the VQ loss (no EMA).
 

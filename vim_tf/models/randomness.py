@@ -27,6 +27,7 @@ def replica_seed(seed_generator):
     return tf.random.experimental.stateless_fold_in(seed, replica_id())
 
 
+@keras.saving.register_keras_serializable(package="vim_tf")
 class ReplicaDropout(keras.layers.Dropout):
     """`keras.layers.Dropout` whose mask differs across replicas (see the module docstring).
 

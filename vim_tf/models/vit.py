@@ -51,6 +51,7 @@ def unpatchify(tokens, grid_size, patch_size, channels):
     return ops.reshape(x, (-1, grid_size * p, grid_size * p, channels))
 
 
+@keras.saving.register_keras_serializable(package="vim_tf")
 class Attention(keras.layers.Layer):
     """Multi-head self-attention with one fused q/k/v projection.
 
@@ -126,6 +127,7 @@ class Attention(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="vim_tf")
 class TransformerBlock(keras.layers.Layer):
     """Pre-LayerNorm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)) (GELU MLP).
 
@@ -174,6 +176,7 @@ class TransformerBlock(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="vim_tf")
 class TransformerStack(keras.layers.Layer):
     """`num_layers` transformer blocks, kept as attributes `block_0..block_{n-1}`.
 
@@ -279,6 +282,7 @@ class _ViTStack(keras.layers.Layer):
 
 
 @gin.register
+@keras.saving.register_keras_serializable(package="vim_tf")
 class ViTEncoder(_ViTStack):
     """Image -> one vector per patch (the ViT-VQGAN encoder).
 
@@ -332,6 +336,7 @@ class ViTEncoder(_ViTStack):
 
 
 @gin.register
+@keras.saving.register_keras_serializable(package="vim_tf")
 class ViTDecoder(_ViTStack):
     """Per-token vectors -> image distribution parameters (the ViT-VQGAN decoder).
 
