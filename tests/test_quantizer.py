@@ -1,7 +1,12 @@
-"""Quantizer: lookup against brute force, normalization, losses, straight-through, statistics."""
+"""Quantizer: lookup against brute force, normalization, losses, straight-through, statistics.
+
+Its config round trip, checkpoint coverage and dtype policy are in test_layer_harness.py.
+"""
 
 import numpy as np
 import tensorflow as tf
+import tiny_configs as tiny
+from absl.testing import parameterized
 
 from vim_tf.models import quantizer as q
 from vim_tf.testing.test_case import TestCase
@@ -16,20 +21,21 @@ def brute_force_nearest(z, codebook, normalized=True):
     return ((z[:, None, :] - cb[None, :, :]) ** 2).sum(-1).argmin(-1)
 
 
-class QuantizerTest(TestCase):
-    def _layer(self, k=16, d=4, out=8, **kw):
-        layer = q.VectorQuantizer(k, d, out, **kw)
+class QuantizerTest(TestCase, parameterized.TestCase):
+    def _layer(self, **kw):
+        """The tiny codebook on inputs [B, 5, 12], projected up to width 8."""
+        layer = q.VectorQuantizer(**tiny.codebook(output_dim=8, **kw))
         layer.build((None, 5, 12))
         return layer
 
-    def test_nearest_codes_matches_brute_force(self):
+    @parameterized.named_parameters(("normalized", True), ("euclidean", False))
+    def test_nearest_codes_matches_brute_force(self, normalized):
         rng = np.random.default_rng(0)
         z = rng.normal(size=(200, 8)).astype(np.float32)
         cb = rng.normal(size=(64, 8)).astype(np.float32)
-        for normalized in (True, False):
-            zz, cc = (q.l2_normalize(z), q.l2_normalize(cb)) if normalized else (z, cb)
-            got = q.nearest_codes(zz, cc, normalized).numpy()
-            np.testing.assert_array_equal(got, brute_force_nearest(z, cb, normalized))
+        zz, cc = (q.l2_normalize(z), q.l2_normalize(cb)) if normalized else (z, cb)
+        got = q.nearest_codes(zz, cc, normalized).numpy()
+        np.testing.assert_array_equal(got, brute_force_nearest(z, cb, normalized))
 
     def test_inputs_and_codes_are_unit_vectors(self):
         layer = self._layer()
@@ -81,10 +87,12 @@ class QuantizerTest(TestCase):
             out["codes"].numpy(), layer.embed(out["indices"]).numpy(), atol=1e-5
         )
 
-    def test_code_statistics(self):
+    def test_code_statistics_two_equal_codes(self):
         usage, ppl = q.code_statistics(tf.constant([4.0, 0.0, 4.0, 0.0]))
         self.assertAllClose(usage, 0.5)
         self.assertAllClose(ppl, 2.0)
+
+    def test_code_statistics_match_entropy(self):
         counts = np.array([1.0, 2.0, 3.0, 0.0, 4.0])
         p = counts / counts.sum()
         expected = np.exp(-(p[p > 0] * np.log(p[p > 0])).sum())
@@ -93,31 +101,36 @@ class QuantizerTest(TestCase):
         self.assertAllClose(ppl, expected, rtol=1e-5)
 
     def test_counts_histogram(self):
-        layer = self._layer(k=16)
+        layer = self._layer()
         out = layer(tf.random.normal((4, 5, 12)))
         expected = np.bincount(out["indices"].numpy().ravel(), minlength=16)
         np.testing.assert_array_equal(out["counts"].numpy(), expected)
 
     def test_codebook_initialized_from_standard_normal(self):
-        layer = self._layer(k=4096, d=8)
+        layer = self._layer(codebook_size=4096, code_dim=8)
         cb = layer.codebook.numpy()
         self.assertAllClose(cb.mean(), 0.0, atol=0.02)
         self.assertAllClose(cb.std(), 1.0, atol=0.02)
 
-    def test_bad_arguments(self):
-        with self.assertRaisesRegex(ValueError, "codebook_size must be >= 1, got 0"):
-            q.VectorQuantizer(0, 4, 8)
-        with self.assertRaisesRegex(ValueError, "code_dim must be >= 1, got -2"):
-            q.VectorQuantizer(8, -2, 8)
+    @parameterized.named_parameters(
+        ("codebook_size", {"codebook_size": 0}, "codebook_size must be >= 1, got 0"),
+        ("code_dim", {"code_dim": -2}, "code_dim must be >= 1, got -2"),
+        ("beta", {"beta": -0.1}, "beta must be >= 0, got -0.1"),
+        ("decay", {"dead_code_decay": 1.0}, r"dead_code_decay must be in \[0, 1\), got 1.0"),
+    )
+    def test_bad_arguments(self, overrides, message):
+        with self.assertRaisesRegex(ValueError, message):
+            q.VectorQuantizer(**tiny.codebook(**overrides))
 
-    def test_config_round_trip_and_checkpoint(self):
-        layer = self._layer(k=8, d=3, out=6, beta=0.5, l2_normalize=False)
+    def test_euclidean_lookup_round_trips_through_config(self):
+        # The harness covers the default (l2-normalized) codebook; this is the ablation.
+        layer = self._layer(l2_normalize=False)
         clone = q.VectorQuantizer.from_config(layer.get_config())
         clone.build((None, 5, 12))
         clone.set_weights(layer.get_weights())
         z = tf.random.normal((2, 5, 12))
+        self.assertAllEqual(layer(z)["indices"], clone(z)["indices"])
         self.assertAllClose(layer(z)["codes"], clone(z)["codes"])
-        self.assert_checkpoint_covers(layer)
 
 
 if __name__ == "__main__":
