@@ -3,6 +3,7 @@
 import gin
 import numpy as np
 import tensorflow as tf
+from absl.testing import parameterized
 
 from vim_tf.losses import adversarial
 from vim_tf.testing.test_case import TestCase
@@ -111,10 +112,10 @@ class R1PenaltyTest(TestCase):
             adversarial.r1_penalty(lambda x: tf.zeros([4]), self.images)
 
 
-class AdversarialWeightTest(TestCase):
-    def test_switches_on_at_start_step(self):
-        got = [float(adversarial.adversarial_weight(s, start_step=10)) for s in (0, 9, 10, 11)]
-        self.assertEqual(got, [0.0, 0.0, 1.0, 1.0])
+class AdversarialWeightTest(TestCase, parameterized.TestCase):
+    @parameterized.parameters((0, 0.0), (9, 0.0), (10, 1.0), (11, 1.0))
+    def test_switches_on_at_start_step(self, step, expected):
+        self.assertEqual(float(adversarial.adversarial_weight(step, start_step=10)), expected)
 
     def test_int64_tensor_step_and_gin(self):
         gin.parse_config("adversarial_weight.start_step = 5")

@@ -6,50 +6,66 @@ import gin
 import keras
 import numpy as np
 import tensorflow as tf
+from absl.testing import parameterized
 
 from vim_tf.testing.test_case import TestCase
 from vim_tf.training import optimizers
 
 
-class ScheduleTest(TestCase):
-    def test_warmup_cosine(self):
+class ScheduleTest(TestCase, parameterized.TestCase):
+    @parameterized.named_parameters(
+        ("start", 0, 0.0),
+        ("half_warmup", 50, 5e-5),
+        ("peak", 100, 1e-4),
+        # A quarter and half of the way through the cosine (half: the midpoint of peak and final).
+        ("quarter_decay", 350, 5e-5 + 0.5 * 5e-5 * (1 + math.cos(math.pi * 0.25))),
+        ("half_decay", 600, 7.5e-5),
+        ("end", 1100, 5e-5),
+        ("after_end", 5000, 5e-5),
+    )
+    def test_warmup_cosine(self, step, expected):
         s = optimizers.WarmupCosine(peak=1e-4, warmup_steps=100, decay_steps=1100, final=5e-5)
-        self.assertAllClose(s(0), 0.0)
-        self.assertAllClose(s(50), 5e-5)
-        self.assertAllClose(s(100), 1e-4)
-        # Halfway through the cosine: the midpoint of peak and final.
-        self.assertAllClose(s(600), 7.5e-5)
-        self.assertAllClose(s(350), 5e-5 + 0.5 * 5e-5 * (1 + math.cos(math.pi * 0.25)))
-        self.assertAllClose(s(1100), 5e-5)
-        self.assertAllClose(s(5000), 5e-5)
+        self.assertAllClose(s(step), expected)
 
-    def test_warmup_hold_exponential(self):
+    @parameterized.named_parameters(
+        ("half_warmup", 2500, 2.25e-4),
+        ("peak", 5000, 4.5e-4),
+        ("end_of_hold", 80000, 4.5e-4),
+        ("half_decay", 80000 + (450000 - 80000) // 2, 4.5e-4 * (1e-5 / 4.5e-4) ** 0.5),
+        ("end", 450000, 1e-5),
+        ("after_end", 900000, 1e-5),
+    )
+    def test_warmup_hold_exponential(self, step, expected):
         s = optimizers.WarmupHoldExponential(4.5e-4, 5000, 80000, 450000, 1e-5)
-        self.assertAllClose(s(2500), 2.25e-4)
-        self.assertAllClose(s(5000), 4.5e-4)
-        self.assertAllClose(s(80000), 4.5e-4)
-        mid = 80000 + (450000 - 80000) // 2
-        self.assertAllClose(s(mid), 4.5e-4 * (1e-5 / 4.5e-4) ** 0.5, rtol=1e-5)
-        self.assertAllClose(s(450000), 1e-5, rtol=1e-5)
-        self.assertAllClose(s(900000), 1e-5, rtol=1e-5)
+        self.assertAllClose(s(step), expected, rtol=1e-5)
 
-    def test_schedule_errors(self):
-        with self.assertRaisesRegex(
-            ValueError,
+    @parameterized.named_parameters(
+        (
+            "cosine_warmup_after_decay",
+            lambda: optimizers.WarmupCosine(1e-3, 10, 5),
             r"warmup_steps <= decay_steps, got 10, 5: bind WarmupCosine.warmup_steps to at "
             r"most 5 or raise WarmupCosine.decay_steps \(TRAIN_STEPS",
-        ):
-            optimizers.WarmupCosine(1e-3, 10, 5)
-        with self.assertRaisesRegex(ValueError, r"bind WarmupHoldExponential.warmup_steps"):
-            optimizers.WarmupHoldExponential(1e-3, 5, 2, 3, 1e-4)
-        with self.assertRaisesRegex(ValueError, "0 < final <= peak"):
-            optimizers.WarmupHoldExponential(1e-3, 1, 2, 3, 0.0)
+        ),
+        (
+            "hold_warmup_after_hold",
+            lambda: optimizers.WarmupHoldExponential(1e-3, 5, 2, 3, 1e-4),
+            r"bind WarmupHoldExponential.warmup_steps",
+        ),
+        (
+            "hold_zero_final",
+            lambda: optimizers.WarmupHoldExponential(1e-3, 1, 2, 3, 0.0),
+            "0 < final <= peak",
+        ),
+    )
+    def test_schedule_errors(self, make, message):
+        with self.assertRaisesRegex(ValueError, message):
+            make()
 
-    def test_schedule_serialization(self):
+    @parameterized.parameters(0, 5, 50, 200)
+    def test_schedule_serialization(self, step):
         s = optimizers.WarmupCosine(2e-4, 10, 100, 1e-5)
         clone = optimizers.WarmupCosine.from_config(s.get_config())
-        for step in (0, 5, 50, 200):
-            self.assertAllClose(s(step), clone(step))
+        self.assertAllClose(s(step), clone(step))
 
     def test_scoped_optimizers_from_gin(self):
         gin.parse_config(

@@ -124,11 +124,13 @@ class PerceptualLossTest(TestCase):
         with self.assertRaisesRegex(ValueError, r"\['block9_conv1'\] are not VGG16 layers"):
             PerceptualLoss(weights_path=self.keras3_path, feature_layers=["block9_conv1"])
 
-    def test_missing_weights_path_explains(self):
+    def test_no_weights_path_explains(self):
         with self.assertRaisesRegex(ValueError, "needs local VGG16.*notop.h5.*weight to 0"):
             PerceptualLoss(weights_path=None)
+
+    def test_missing_weights_file_explains(self):
         missing = os.path.join(self.tmp, "nope.h5")
-        with self.assertRaisesRegex(ValueError, "does not exist.*notop.h5.*weight to 0"):
+        with self.assertRaisesRegex(ValueError, "nope.h5' does not exist.*notop.h5.*weight to 0"):
             PerceptualLoss(weights_path=missing)
 
     def test_get_config(self):

@@ -110,16 +110,20 @@ class LogitLaplaceTest(TestCase, parameterized.TestCase):
         self.assertAllClose(got, _scipy_nll(targets, loc, log_scale, 0.2).mean(), rtol=1e-5)
 
 
-class L1L2Test(TestCase):
-    def test_values(self):
+class L1L2Test(TestCase, parameterized.TestCase):
+    @parameterized.named_parameters(
+        ("l2", reconstruction.l2_loss, (1 + 0 + 0.25 + 0.25) / 4),
+        ("l1", reconstruction.l1_loss, (1 + 0 + 0.5 + 0.5) / 4),
+    )
+    def test_values(self, loss_fn, expected):
         a = np.array([[0.0, 1.0], [0.5, 0.25]], np.float32)
         b = np.array([[1.0, 1.0], [0.0, 0.75]], np.float32)
-        self.assertAllClose(reconstruction.l2_loss(a, b), (1 + 0 + 0.25 + 0.25) / 4)
-        self.assertAllClose(reconstruction.l1_loss(a, b), (1 + 0 + 0.5 + 0.5) / 4)
+        self.assertAllClose(loss_fn(a, b), expected)
 
-    def test_float32_output_for_bfloat16(self):
+    @parameterized.named_parameters(("l2", reconstruction.l2_loss), ("l1", reconstruction.l1_loss))
+    def test_float32_output_for_bfloat16(self, loss_fn):
         a = tf.cast([0.0, 1.0], tf.bfloat16)
-        self.assertEqual(reconstruction.l2_loss(a, a).dtype, tf.float32)
+        self.assertEqual(loss_fn(a, a).dtype, tf.float32)
 
 
 if __name__ == "__main__":

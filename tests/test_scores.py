@@ -7,6 +7,7 @@ import os
 import numpy as np
 import scipy.linalg
 import tensorflow as tf
+from absl.testing import parameterized
 
 from vim_tf.eval import scores
 from vim_tf.models.classifier import ImageClassifier
@@ -60,7 +61,10 @@ def mean_pool_network(num_classes=3, name="mean_pool_test"):
     return scores.ScoringNetwork(fn, name)
 
 
-class ScoresTest(TestCase):
+CLASS_LOGITS = np.array([[3.0, 0.0, 1.0], [0.0, 2.0, 1.0], [0.0, 1.0, 5.0], [1.0, 0.0, 0.0]])
+
+
+class ScoresTest(TestCase, parameterized.TestCase):
     def setUp(self):
         super().setUp()
         self.rng = np.random.default_rng(0)
@@ -79,11 +83,13 @@ class ScoresTest(TestCase):
         a = self.rng.normal(size=(100, 5))
         self.assertLess(abs(scores.frechet_distance(a, a.copy())), 1e-6)
 
-    def test_fid_rejects_bad_shapes(self):
-        with self.assertRaisesRegex(ValueError, r"same width.*\(10, 4\).*\(10, 5\)"):
-            scores.frechet_distance(np.zeros((10, 4)), np.zeros((10, 5)))
-        with self.assertRaisesRegex(ValueError, r"fake_activations.*\(10,\)"):
-            scores.frechet_distance(np.zeros((10, 4)), np.zeros((10,)))
+    @parameterized.named_parameters(
+        ("different_widths", (10, 5), r"same width.*\(10, 4\).*\(10, 5\)"),
+        ("not_2d", (10,), r"fake_activations.*\(10,\)"),
+    )
+    def test_fid_rejects_bad_shapes(self, fake_shape, message):
+        with self.assertRaisesRegex(ValueError, message):
+            scores.frechet_distance(np.zeros((10, 4)), np.zeros(fake_shape))
 
     def test_inception_score_matches_hand_computation(self):
         logits = self.rng.normal(size=(12, 4)) * 2
@@ -95,13 +101,16 @@ class ScoresTest(TestCase):
         self.assertAllClose(scores.inception_score(logits, num_splits=2), mean)
         self.assertEqual(scores.inception_score_with_std(logits)[1], 0.0)
 
-    def test_inception_score_extremes(self):
+    @parameterized.named_parameters(
         # Every p(y|x) equal: 1.
-        self.assertAllClose(scores.inception_score(np.zeros((8, 5))), 1.0, atol=1e-12)
-        self.assertAllClose(scores.inception_score(np.tile([[1.0, 3.0, 0.0]], (6, 1))), 1.0)
+        ("uniform", np.zeros((8, 5)), 1.0),
+        ("same_for_every_image", np.tile([[1.0, 3.0, 0.0]], (6, 1)), 1.0),
         # Confident and every class equally often: the number of classes.
-        self.assertAllClose(scores.inception_score(np.eye(5) * 100.0), 5.0, rtol=1e-6)
-        self.assertAllClose(scores.inception_score(np.tile(np.eye(4), (3, 1)) * 100.0), 4.0)
+        ("confident_5_classes", np.eye(5) * 100.0, 5.0),
+        ("confident_4_classes_thrice", np.tile(np.eye(4), (3, 1)) * 100.0, 4.0),
+    )
+    def test_inception_score_extremes(self, logits, expected):
+        self.assertAllClose(scores.inception_score(logits), expected, rtol=1e-6, atol=1e-12)
 
     def test_inception_score_rejects_bad_splits(self):
         with self.assertRaisesRegex(ValueError, r"num_splits must be in \[1, 4\].*got 5"):
@@ -128,14 +137,19 @@ class ScoresTest(TestCase):
         self.assertAllClose(kid, ests.mean(), rtol=1e-10)
         self.assertAllClose(std, np.sqrt(ests.var(ddof=1) / n_blocks), rtol=1e-8)
 
-    def test_class_accuracy(self):
-        logits = np.array([[3.0, 0.0, 1.0], [0.0, 2.0, 1.0], [0.0, 1.0, 5.0], [1.0, 0.0, 0.0]])
-        self.assertAllClose(scores.class_accuracy(logits, [0, 1, 2, 2]), 0.75)
-        self.assertAllClose(scores.class_accuracy(logits, np.array([1, 0, 0, 1])), 0.0)
-        with self.assertRaisesRegex(ValueError, r"\[0, 3\).*\[3\]"):
-            scores.class_accuracy(logits, [0, 1, 3, 2])
-        with self.assertRaisesRegex(ValueError, r"class_ids \[N\].*\(3,\)"):
-            scores.class_accuracy(logits, [0, 1, 2])
+    @parameterized.named_parameters(
+        ("three_right", [0, 1, 2, 2], 0.75), ("none_right", np.array([1, 0, 0, 1]), 0.0)
+    )
+    def test_class_accuracy(self, class_ids, expected):
+        self.assertAllClose(scores.class_accuracy(CLASS_LOGITS, class_ids), expected)
+
+    @parameterized.named_parameters(
+        ("id_out_of_range", [0, 1, 3, 2], r"\[0, 3\).*\[3\]"),
+        ("wrong_count", [0, 1, 2], r"class_ids \[N\].*\(3,\)"),
+    )
+    def test_class_accuracy_rejects(self, class_ids, message):
+        with self.assertRaisesRegex(ValueError, message):
+            scores.class_accuracy(CLASS_LOGITS, class_ids)
 
     def test_activations_batches_and_checks_range(self):
         network = mean_pool_network()
