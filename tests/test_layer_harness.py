@@ -2,8 +2,10 @@
 weights in vim_tf.models and vim_tf.losses, one parameterized case per class and check; and
 broken layers planted to show that every check can fail."""
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 import unittest
 
@@ -52,7 +54,9 @@ def _images_pair(rng):
 @functools.cache
 def _vgg16_weights():
     """A randomly initialized VGG16 (no top) weights file, written once per process."""
-    path = os.path.join(tempfile.mkdtemp(prefix="harness_vgg_"), "vgg16_notop.weights.h5")
+    directory = tempfile.mkdtemp(prefix="harness_vgg_")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    path = os.path.join(directory, "vgg16_notop.weights.h5")
     vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
     vgg.save_weights(path)
     return path
@@ -76,7 +80,7 @@ LAYERS = {
         {"num_heads": 2, "dropout": 0.1, "causal": True},
         floats(2, 5, 8),
         output_shape=(2, 5, 8),
-        trainable_weights=4,
+        trainable_weights=4,  # fused q/k/v kernel and bias, output kernel and bias
         opt_outs=SEED_STATE,
     ),
     "transformer_block": LayerSpec(
@@ -84,7 +88,7 @@ LAYERS = {
         {"num_heads": 2, "mlp_dim": 32, "dropout": 0.1},
         floats(2, 5, 16),
         output_shape=(2, 5, 16),
-        trainable_weights=12,
+        trainable_weights=12,  # attention 4, two LayerNorms 4, two MLP layers 4
         opt_outs=SEED_STATE,
     ),
     "transformer_stack": LayerSpec(
@@ -92,7 +96,7 @@ LAYERS = {
         {"num_layers": 2, "num_heads": 2, "mlp_dim": 32, "dropout": 0.1, "causal": True},
         floats(2, 5, 16),
         output_shape=(2, 5, 16),
-        trainable_weights=24,
+        trainable_weights=24,  # two blocks
         opt_outs=SEED_STATE,
     ),
     "vit_encoder": LayerSpec(
@@ -100,7 +104,7 @@ LAYERS = {
         tiny.vit_encoder(dropout=0.1),
         floats(2, 16, 16, 3),
         output_shape=(2, 16, 16),
-        trainable_weights=20,
+        trainable_weights=20,  # patch embedding 2, one block 12, LayerNorm 2, feed-forward 4
         opt_outs=SEED_STATE,
     ),
     "vit_decoder": LayerSpec(
@@ -108,7 +112,7 @@ LAYERS = {
         tiny.vit_encoder(out_channels=6),
         floats(2, 16, 16),
         output_shape=(2, 16, 16, 6),
-        trainable_weights=18,
+        trainable_weights=18,  # one block 12, LayerNorm 2, feed-forward 4
         # The logit-laplace head is float32 under mixed precision.
         mixed_dtypes="float32",
     ),
@@ -117,8 +121,8 @@ LAYERS = {
         tiny.codebook(beta=0.5, restart_dead_codes=True),
         floats(2, 16, 16),
         output_shape={"codes": (2, 16, 16), "indices": (2, 16), "vq_loss": (), "counts": (16,)},
-        trainable_weights=5,
-        non_trainable_weights=1,
+        trainable_weights=5,  # projections in and out 4, codebook 1
+        non_trainable_weights=1,  # usage average (dead-code restarts)
         mixed_dtypes={
             "codes": "float16",
             "z": "float32",
@@ -168,14 +172,14 @@ LAYERS = {
         {"tmp_channels": 4, "out_channels": 8},
         floats(2, 8, 8, 4),
         output_shape=(2, 4, 4, 8),
-        trainable_weights=5,
+        trainable_weights=5,  # two 3x3 convolutions 4, the skip's 1x1 kernel 1
     ),
     "discriminator": LayerSpec(
         disc.StyleGANDiscriminator,
         tiny.discriminator(mbstd_group_size=2),
         floats(4, 16, 16, 3),
         output_shape=(4,),
-        trainable_weights=18,
+        trainable_weights=18,  # fromRGB 2, two blocks 10, epilogue conv 2, two dense layers 4
         mixed_dtypes="float32",  # logits
     ),
     "perceptual_loss": _perceptual_spec,  # built on first use (writes a VGG16 weights file)
