@@ -284,17 +284,51 @@ def make_dataset(
         shuffle_buffer: example shuffle buffer in training.
         cache: keep decoded, resized images (before random augmentation) in memory.
         seed: seeds shuffling and augmentation; combined with the input pipeline id.
-        deterministic: sets `tf.data.Options.deterministic` in training (requires a seed); same
-            seed and True give the same batches in the same order. Evaluation is always ordered.
-        drop_remainder: drop the last partial batch; defaults to `training` (static batch shapes
-            for accelerators in training, every example kept in evaluation).
+        deterministic: same seed and True give the same training batches in the same order
+            (requires a seed). Evaluation is always ordered.
+        drop_remainder: drop the last partial batch (default `training`: static batch shapes
+            in training, every example in evaluation).
         num_epochs: training passes over the data (None: forever). Evaluation always makes one.
         input_context: a `tf.distribute.InputContext`; examples (files for folders) are sharded
-            by `input_pipeline_id` out of `num_input_pipelines` before any batching.
+            by its input pipeline before any batching.
 
     Returns:
         Dataset of {"image": float32 [b, s, s, 3] in [0, 1], "label": int32 [b]}.
     """
+    _check_dataset_args(
+        split, image_size, batch_size, shuffle_buffer, num_epochs, training, seed, deterministic
+    )
+    drop_remainder = training if drop_remainder is None else drop_remainder
+    num_pipelines, pipeline_id, per_replica_batch = 1, 0, batch_size
+    if input_context is not None:
+        num_pipelines = input_context.num_input_pipelines
+        pipeline_id = input_context.input_pipeline_id
+        per_replica_batch = input_context.get_per_replica_batch_size(batch_size)
+    if seed is not None and num_pipelines > 1:
+        seed = _combine_seed(seed, pipeline_id)
+
+    ds = _read_examples(
+        dataset, split, image_size, data_dir, training, seed, num_pipelines, pipeline_id
+    )
+
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.repeat(num_epochs)
+        ds = _augment(ds, image_size, seed, random_crop, random_flip)
+    else:
+        ds = ds.map(
+            lambda ex: {"image": center_crop(ex["image"], image_size), "label": ex["label"]},
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+
+    return _finish(ds, image_size, per_replica_batch, drop_remainder, deterministic or not training)
+
+
+def _check_dataset_args(
+    split, image_size, batch_size, shuffle_buffer, num_epochs, training, seed, deterministic
+):
     _check_positive_int("image_size", image_size)
     _check_positive_int("batch_size", batch_size)
     _check_positive_int("shuffle_buffer", shuffle_buffer)
@@ -304,38 +338,50 @@ def make_dataset(
         raise ValueError(f"split must be a non-empty str, got {split!r}")
     if deterministic and training and seed is None:
         raise ValueError("deterministic=True needs a seed in training, got seed=None")
-    if drop_remainder is None:
-        drop_remainder = training
 
-    num_pipelines, pipeline_id = 1, 0
-    per_replica_batch = batch_size
-    if input_context is not None:
-        num_pipelines = input_context.num_input_pipelines
-        pipeline_id = input_context.input_pipeline_id
-        per_replica_batch = input_context.get_per_replica_batch_size(batch_size)
-    if seed is not None and num_pipelines > 1:
-        seed = _combine_seed(seed, pipeline_id)
 
+def _finish(ds, image_size, batch_size, drop_remainder, deterministic):
+    """uint8 images -> float32 in [0, 1] of static shape, batched and prefetched.
+
+    `deterministic`: keep the order (an eval pass keeps the stored order so per-example outputs
+    line up run to run).
+    """
+
+    def to_float(example):
+        image = tf.cast(example["image"], tf.float32) / 255.0
+        image = tf.ensure_shape(image, [image_size, image_size, 3])
+        return {"image": image, "label": example["label"]}
+
+    ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _read_examples(dataset, split, image_size, data_dir, training, seed, num_pipelines, index):
+    """This input pipeline's shard of the split: {"image": uint8 RGB with shorter side
+    `image_size`, "label": int32} examples."""
     kind, source = _source_builder(dataset, image_size, data_dir)
     if kind == "tfds":
-        has_label = _has_int_label(source)
         read_split = split
         if num_pipelines > 1:
-            read_split = tfds.even_splits(split, n=num_pipelines)[pipeline_id]
+            read_split = tfds.even_splits(split, n=num_pipelines)[index]
         read_config = tfds.ReadConfig(
             shuffle_seed=seed, try_autocache=False, skip_prefetch=True, add_tfds_id=False
         )
-        # Ordered datasets (digits) refuse file shuffling; the example shuffle below covers them.
+        # Ordered datasets (digits) refuse file shuffling; the example shuffle covers them.
         shuffle_files = training and not source.info.disable_shuffling
         ds = source.as_dataset(
             split=read_split, shuffle_files=shuffle_files, read_config=read_config
         )
+        has_label = _has_int_label(source)
     else:
         has_label = True
         ds = source.as_dataset(
             split,
             num_shards=num_pipelines,
-            shard_index=pipeline_id,
+            shard_index=index,
             shuffle_files=training,
             seed=seed,
             # A split of only unreadable files fails now, naming a file and its error.
@@ -344,48 +390,29 @@ def make_dataset(
 
     def prepare(example):
         example = _to_rgb_example(example, has_label)
-        image = resize_shorter_side(example["image"], image_size)
-        return {"image": image, "label": example["label"]}
+        return {
+            "image": resize_shorter_side(example["image"], image_size),
+            "label": example["label"],
+        }
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    if cache:
-        ds = ds.cache()
+    return ds
 
-    if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        ds = ds.repeat(num_epochs)
-        # One stateless seed pair per example keeps augmentation reproducible under parallel map.
-        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=seed).batch(2))
 
-        def augment(example, pair):
-            image = example["image"]
-            crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(pair, 2))
-            if random_crop:
-                image = tf.image.stateless_random_crop(
-                    image, [image_size, image_size, 3], crop_seed
-                )
-            else:
-                image = center_crop(image, image_size)
-            if random_flip:
-                image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-            return {"image": image, "label": example["label"]}
+def _augment(ds, image_size, seed, random_crop, random_flip):
+    """Random crops (center crops when off) and flips of training examples."""
+    # One stateless seed pair per example keeps augmentation reproducible under parallel map.
+    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=seed).batch(2))
 
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        ds = ds.map(
-            lambda ex: {"image": center_crop(ex["image"], image_size), "label": ex["label"]},
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-
-    def to_float(example):
-        image = tf.cast(example["image"], tf.float32) / 255.0
-        image = tf.ensure_shape(image, [image_size, image_size, 3])
+    def augment(example, pair):
+        image = example["image"]
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(pair, 2))
+        if random_crop:
+            image = tf.image.stateless_random_crop(image, [image_size, image_size, 3], crop_seed)
+        else:
+            image = center_crop(image, image_size)
+        if random_flip:
+            image = tf.image.stateless_random_flip_left_right(image, flip_seed)
         return {"image": image, "label": example["label"]}
 
-    ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(per_replica_batch, drop_remainder=drop_remainder)
-    options = tf.data.Options()
-    # An eval pass keeps the stored order so per-example outputs line up run to run.
-    options.deterministic = deterministic or not training
-    ds = ds.with_options(options)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
