@@ -318,17 +318,15 @@ def train(
       dataset_fn: `dataset_fn(split=, training=, input_context=, seed=)` -> batches of the global
         batch size (gin binds its dataset, image size and batch size).
       train_steps, checkpoint_every, log_every, image_every: in optimizer steps.
-      steps_per_loop: steps run inside one tf.function call (default: min(log_every, 10)). A
-        SIGTERM is acted on between loops, so this bounds the reaction time.
+      steps_per_loop: most steps run inside one tf.function call (default: min(log_every,
+        10)); a SIGTERM is acted on between loops, so this bounds the reaction time.
       keep_checkpoints: newest checkpoints kept on disk.
       seed: seeds the initial weights and the dropout draws (`keras.utils.set_random_seed`) and
         the data order (offset by the resume step, so a resumed run does not replay the first
         batches).
-      jit_compile: XLA-compile the train step: True, False, or 'except_adversarial' (XLA for
-        the phases in which the model's discriminator is off, `model.adversarial_active` False;
-        graph mode once it is on). On CPU, XLA speeds up the transformer steps but runs the
-        discriminator's convolutions slower than TensorFlow's oneDNN kernels. TPUStrategy
-        compiles every step whatever this says.
+      jit_compile: XLA-compile the train step: True, False, or 'except_adversarial' (XLA while
+        `model.adversarial_active` is False: on CPU, XLA runs the discriminator's convolutions
+        slower than oneDNN). TPUStrategy compiles every step whatever this says.
       summary_split: split whose first batch is shown in image summaries.
       nonfinite: what a step with a non-finite loss or gradient does. Its update is never applied;
         'stop' then ends the run with NonFiniteLossError naming the step and the last good
