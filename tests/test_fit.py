@@ -121,7 +121,11 @@ class FitTest(TestCase, parameterized.TestCase):
             model.named_optimizers(), steps_per_execution=2, jit_compile="except_adversarial"
         )
         with mock.patch.object(fit_lib.logging, "info") as info:
-            model.fit(dataset, steps_per_epoch=STEPS, epochs=1, verbose=0)
+            # Two fits: the second starts in the adversarial phase, on the batches after the
+            # first fit's (a new pipeline of the same seed, past the batches already used).
+            model.fit(dataset, steps_per_epoch=STEPS // 2, epochs=1, verbose=0)
+            again = input_pipeline.make_dataset(split="train", training=True, seed=SEED)
+            model.fit(again.skip(STEPS // 2), steps_per_epoch=STEPS // 2, epochs=1, verbose=0)
         logs = [call.args[0] % call.args[1:] for call in info.call_args_list]
         self.assertEqual(
             [r for r in logs if r.startswith("fit: train step")],

@@ -48,7 +48,7 @@ class TrainingPhases(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self._mode = None  # the compile-time jit_compile (restored when fit ends)
+        self._mode = None  # the compile-time jit_compile (`fit` restores it at the end)
         self._phase = None
         self._known = 0  # the step counter when it was last read
         self._bound = 0  # an upper bound on the step counter before the next execution
@@ -81,11 +81,6 @@ class TrainingPhases(keras.callbacks.Callback):
         self._select(step)
         self._check_inside(step, k)
         self._bound = step + k
-
-    def on_train_end(self, logs=None):
-        self.model.jit_compile = self._mode
-        # The next fit (or another caller) traces afresh for its own starting phase.
-        self.model.train_function = None
 
     def _select(self, step):
         """Sets the phase of `step`; rebuilds the train function when it changed."""
@@ -187,4 +182,11 @@ def fit(model, keras_fit, args, kwargs):
         args[_CALLBACKS_POSITION] = with_callbacks(model, args[_CALLBACKS_POSITION])
     else:
         kwargs = dict(kwargs, callbacks=with_callbacks(model, kwargs.get("callbacks")))
-    return keras_fit(*args, **kwargs)
+    mode = model.jit_compile
+    try:
+        return keras_fit(*args, **kwargs)
+    finally:
+        # TrainingPhases sets jit_compile per phase; the next fit traces afresh from its own
+        # starting phase.
+        model.jit_compile = mode
+        model.train_function = None
