@@ -8,6 +8,8 @@ optimizer and one phase.
 
 import keras
 
+from vim_tf.training import fit as fit_lib
+
 
 class TrainingProcedure(keras.Model):
     """Base class of the quantizer, prior and classifier training procedures.
@@ -73,3 +75,8 @@ class TrainingProcedure(keras.Model):
 
     def describe(self):
         """Logs the choices a user should know about (losses off, phase starts)."""
+
+    def fit(self, *args, **kwargs):
+        """Keras `fit`, switching the train step's phase at `phase_boundaries()` as the trainer
+        does, with the non-finite guard in 'skip' mode (see `vim_tf.training.fit`)."""
+        return fit_lib.fit(self, super().fit, args, kwargs)

@@ -101,9 +101,14 @@ def _check_config(strategy, quantizer_dir):
     """Configuration errors that only show once several settings meet, raised before the model
     dir is touched: the model kind against --quantizer_dir, batch and image sizes, the dataset
     name, and the model's class count against the dataset's."""
-    from vim_tf.data import input_pipeline
-
     cls = _model_class()
+    _check_model_kind(cls, quantizer_dir)
+    _check_sizes(strategy.num_replicas_in_sync)
+    _check_dataset(cls)
+
+
+def _check_model_kind(cls, quantizer_dir):
+    """A prior needs --quantizer_dir (unless its grid is bound); other models refuse it."""
     if cls is not None and quantizer_dir and not _takes(cls, "quantizer_dir"):
         raise ValueError(
             f"--quantizer_dir is for a prior (VIM), but this experiment trains a {cls.__name__} "
@@ -116,7 +121,10 @@ def _check_config(strategy, quantizer_dir):
                 f"{cls.__name__} needs its quantizer: pass --quantizer_dir=DIR (a trained "
                 "stage-1 model dir)"
             )
-    replicas = strategy.num_replicas_in_sync
+
+
+def _check_sizes(replicas):
+    """Batch and image sizes are positive ints; the global batch splits over the replicas."""
     for fn in ("make_dataset", "make_token_dataset"):
         for name in ("batch_size", "image_size"):
             value = gin_utils.bound(f"{fn}.{name}")
@@ -130,6 +138,12 @@ def _check_config(strategy, quantizer_dir):
                     f"{label} = {value} (the global batch) is not divisible by the "
                     f"{replicas} replicas of the strategy: use a multiple of {replicas}"
                 )
+
+
+def _check_dataset(cls):
+    """The dataset name is valid and has no more classes than the model."""
+    from vim_tf.data import input_pipeline
+
     dataset = gin_utils.bound("make_dataset.dataset")
     if dataset is None:
         return
