@@ -19,9 +19,11 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from vim_tf.eval import evaluator, generate
+from vim_tf.eval import evaluator, networks
 from vim_tf.eval.scores import ScoringNetwork
 from vim_tf.export import exporter
+from vim_tf.sampling.sampler import Sampler
+from vim_tf.sampling.settings import SamplingSettings
 from vim_tf.testing.test_case import TestCase
 from vim_tf.testing.tiny import TINY_CLASSIFIER, TINY_VIM, tiny_vitvqgan_bindings, with_data_dir
 from vim_tf.training import train_lib
@@ -259,8 +261,8 @@ class ExportTest(TestCase):
         for case, inputs, (t, top_k, top_p, cfg_scale, seed) in GENERATE_CASES:
             model = priors["u" if "num_images" in inputs else "p"]
             class_ids = inputs.get("class_ids", [0] * inputs.get("num_images", 0))
-            tokens, sampled = generate.Sampler(model).sample(
-                np.asarray(class_ids, np.int32), seed, t, top_k, top_p, cfg_scale
+            tokens, sampled = Sampler(model, model.quantizer).sample(
+                np.asarray(class_ids, np.int32), seed, SamplingSettings(t, top_k, top_p, cfg_scale)
             )
             ref[f"generate/{case}/tokens"] = tokens
             ref[f"generate/{case}/images"] = image_utils.to_uint8(sampled)
@@ -375,7 +377,7 @@ class ExportTest(TestCase):
         features, logits = network.activations(self.inputs["images_float"])
         self.assertAllClose(features, self.keras_scores[0], atol=1e-5)
         self.assertAllClose(logits, self.keras_scores[1], atol=1e-5)
-        self.assertIn("saved_model:", evaluator.load_scoring_network(self.exports["c"]).name)
+        self.assertIn("saved_model:", networks.load_scoring_network(self.exports["c"]).name)
 
     def test_bad_inputs_fail_with_the_bad_value(self):
         for case, (_, _, _, kind, substrings) in BAD_INPUTS.items():
@@ -503,7 +505,7 @@ class GuidanceRefusalTest(TestCase):
         )
         prior.quantizer.build()
         prior.build()
-        fns = {name: fn for name, fn, _ in exporter.prior_endpoints(prior, 1, 3)}
+        fns = {name: fn for name, fn, _ in exporter.prior_endpoints(prior, prior.quantizer, 1, 3)}
         return lambda cfg_scale: fns["generate"](
             tf.constant([0, 2]),
             tf.constant(1.0),

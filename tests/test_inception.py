@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vim_tf.eval import evaluator, inception, scores
+from vim_tf.eval import inception, networks, scores
 from vim_tf.testing.test_case import TestCase
 
 
@@ -132,18 +132,18 @@ class InceptionFormatsTest(TestCase):
 
     def test_keras_weights_files(self):
         for path in (self.weights_h5, self.legacy_h5):
-            network = evaluator.load_scoring_network(path)
+            network = networks.load_scoring_network(path)
             self.assertEqual(network.name, f"keras_inception_v3:{os.path.abspath(path)}")
             self.check_keras_inception(network)
 
     def test_tfgan_saved_model(self):
-        network = evaluator.load_scoring_network(self.saved_model)
+        network = networks.load_scoring_network(self.saved_model)
         self.assertEqual(network.name, f"inception_saved_model:{os.path.abspath(self.saved_model)}")
         self.check_keras_inception(network)
 
     def test_frozen_graph_matches_the_original_fid_code(self):
         for path in (self.graph_pb, self.dir):  # the file, or the dir holding it
-            network = evaluator.load_scoring_network(path)
+            network = networks.load_scoring_network(path)
             self.assertEqual(network.name, f"inception_graph_def:{os.path.abspath(self.graph_pb)}")
             # The graph resizes itself: images go in at their own size, values 0..255.
             self.assertEqual((network.image_size, network.input_range), (None, (0.0, 255.0)))
@@ -213,7 +213,7 @@ class InceptionFormatsTest(TestCase):
         with open(other, "wb") as f:
             f.write(b"x")
         with self.assertRaisesRegex(ValueError, r"--classifier=.*weights.npz.*no known format"):
-            evaluator.load_scoring_network(other)
+            networks.load_scoring_network(other)
         with self.assertRaisesRegex(ValueError, r"not a binary GraphDef"):
             bad = os.path.join(self.dir, "bad.pb")
             with open(bad, "wb") as f:

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from vim_tf.eval import rejection
+from vim_tf.sampling import rejection
+from vim_tf.sampling.settings import SamplingSettings
 from vim_tf.testing.test_case import TestCase
 
 
@@ -11,9 +12,11 @@ class FakeSampler:
 
     def __init__(self):
         self.calls = []
+        self.options = []
 
-    def sample(self, class_ids, seed=0, batch_size=100, **kw):
+    def sample(self, class_ids, seed=0, settings=None, batch_size=100):
         self.calls.append(np.asarray(class_ids))
+        self.options.append((seed, settings, batch_size))
         n = len(class_ids)
         images = ((np.arange(n) + 1) / 100.0).reshape(n, 1, 1, 1).repeat(3, -1)
         return np.arange(n).reshape(n, 1, 1), images.astype(np.float32)
@@ -53,6 +56,12 @@ class RejectionTest(TestCase):
         _, images, rate = rejection.rejection_sample(FakeSampler(), FakeNetwork(), [0] * 5, 0.3)
         self.assertLen(images, 5)
         self.assertAllClose(rate, 5 / 17)  # ceil(5 / 0.3) = 17 candidates
+
+    def test_seed_settings_and_batch_size_reach_the_sampler(self):
+        sampler = FakeSampler()
+        settings = SamplingSettings(top_k=3)
+        rejection.rejection_sample(sampler, FakeNetwork(), [0, 1], 0.5, 9, 7, settings)
+        self.assertEqual(sampler.options, [(9, settings, 7)])
 
     def test_bad_rate(self):
         with self.assertRaisesRegex(ValueError, r"acceptance_rate must be in \(0, 1\], got 0"):

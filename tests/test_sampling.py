@@ -1,13 +1,38 @@
-"""Logit processing against numpy references."""
+"""vim_tf.sampling: logit processing against numpy references, the settings' validation, the
+batch-seed rule, the cached loop against full recomputation and XLA, guidance, the Sampler."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import tensorflow as tf
+from absl.testing import parameterized
 
-from vim_tf.models import sampling
+from vim_tf.models.vim import VIM
+from vim_tf.sampling import decoding, seeds
+from vim_tf.sampling import logits as sampling
+from vim_tf.sampling.sampler import Sampler, class_plan
+from vim_tf.sampling.settings import SamplingSettings, split_seed
 from vim_tf.testing.test_case import TestCase
 
 
-class SamplingTest(TestCase):
+def make_prior(num_classes=3, **kw):
+    args = dict(
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        mlp_dim=32,
+        grid_size=3,
+        codebook_size=11,
+        dropout=0.0,
+        num_classes=num_classes,
+    )
+    args.update(kw)
+    model = VIM(**args)
+    model.build()
+    return model
+
+
+class LogitsTest(TestCase):
     def setUp(self):
         super().setUp()
         self.logits = tf.constant([[3.0, 1.0, 2.0, 0.0, -1.0], [0.0, 0.5, 4.0, 1.0, 0.2]])
@@ -55,13 +80,156 @@ class SamplingTest(TestCase):
         self.assertLess(abs(np.corrcoef(u, other)[0, 1]), 0.01)
         self.assertTrue(((u > 0) & (u < 1)).all())
 
-    def test_argument_errors(self):
-        with self.assertRaisesRegex(ValueError, "temperature must be > 0, got 0"):
-            sampling.check_sampling_args(0, 0, 1.0, 1.0)
-        with self.assertRaisesRegex(ValueError, "top_k must be an int >= 0"):
-            sampling.check_sampling_args(1.0, -1, 1.0, 1.0)
-        with self.assertRaisesRegex(ValueError, r"top_p must be in \(0, 1\]"):
-            sampling.check_sampling_args(1.0, 0, 1.5, 1.0)
+
+class SettingsTest(TestCase, parameterized.TestCase):
+    @parameterized.parameters(
+        (dict(temperature=0), "temperature must be > 0, got 0"),
+        (dict(temperature=float("nan")), "temperature must be > 0, got nan"),
+        (dict(top_k=-1), r"top_k must be an int >= 0 \(0 = off\), got -1"),
+        (dict(top_k=2.5), "top_k must be an int >= 0 .*got 2.5"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\] \(1 = off\), got 1.5"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\].*got 0.0"),
+        (dict(cfg_scale=-2.5), r"cfg_scale must be >= 0 \(1 = no guidance\), got -2.5"),
+    )
+    def test_bad_values_are_named(self, kwargs, pattern):
+        with self.assertRaisesRegex(ValueError, pattern):
+            SamplingSettings(**kwargs)
+
+    def test_values_and_split_seed(self):
+        settings = SamplingSettings(temperature=0.9, top_k=5.0, cfg_scale=2.0)
+        self.assertEqual(settings.top_k, 5)
+        self.assertIsInstance(settings.top_k, int)
+        self.assertTrue(settings.guided)
+        self.assertFalse(SamplingSettings().guided)
+        self.assertEqual(
+            settings.as_dict(), dict(temperature=0.9, top_k=5, top_p=1.0, cfg_scale=2.0)
+        )
+        with self.assertRaises(AttributeError):  # frozen
+            settings.top_k = 3
+        got, seed = split_seed(dict(top_p=0.9, seed=7))
+        self.assertEqual((got, seed), (SamplingSettings(top_p=0.9), 7))
+        self.assertEqual(split_seed(None), (SamplingSettings(), 0))
+        with self.assertRaisesRegex(ValueError, r"unknown sampling settings \['cfg'\]; valid: "):
+            split_seed({"cfg": 2.0})
+
+
+class SeedsTest(TestCase):
+    def test_batch_seed_rule(self):
+        # Hand computation of s * 1_000_003 + b modulo 2**32.
+        for s, b in ((0, 0), (3, 2), (-1, 0), (5000, 4), (2**31 - 1, 1), (10**12, 3)):
+            self.assertEqual(int(seeds.batch_seed(s, b)), (s * 1_000_003 + b) % 2**32)
+        self.assertEqual(int(seeds.batch_seed(tf.constant(3), tf.constant(2))), 3_000_011)
+
+    def test_request_seed_reproduces_every_batch(self):
+        # A `generate` signature draws with batch_seed(request, 0).
+        for s, b in ((0, 1), (3, 2), (-7, 9), (2**31 - 1, 5)):
+            request = seeds.request_seed(s, b)
+            self.assertBetween(request, -(2**31), 2**31 - 1)
+            self.assertEqual(int(seeds.batch_seed(request, 0)), int(seeds.batch_seed(s, b)))
+        self.assertEqual(seeds.request_seed(4, 0), 4)
+
+
+class DecodingTest(TestCase, parameterized.TestCase):
+    @parameterized.parameters(
+        dict(num_classes=3, cfg_scale=1.0, top_k=0, top_p=1.0, temperature=1.0),
+        dict(num_classes=3, cfg_scale=2.5, top_k=4, top_p=0.9, temperature=0.8),
+        dict(num_classes=0, cfg_scale=1.0, top_k=0, top_p=0.7, temperature=1.3),
+    )
+    def test_cached_sampling_equals_full_recomputation(
+        self, num_classes, cfg_scale, top_k, top_p, temperature
+    ):
+        model = make_prior(num_classes=num_classes, class_dropout=0.1 if num_classes else 0.0)
+        cls = tf.constant([0, 1, 2, 1], tf.int32)
+        settings = SamplingSettings(temperature, top_k, top_p, cfg_scale)
+        run = lambda use_cache, seed: tf.function(  # noqa: E731
+            lambda: decoding.sample_tokens(model, cls, seed, settings, use_cache=use_cache)
+        )()
+        cached = run(True, 7).numpy()
+        full = run(False, 7).numpy()
+        self.assertEqual(cached.shape, (4, 3, 3))
+        np.testing.assert_array_equal(cached, full)
+        np.testing.assert_array_equal(cached, run(True, 7).numpy())
+        self.assertFalse(np.array_equal(cached, run(True, 8).numpy()))
+
+    def test_sampling_compiles_with_xla(self):
+        model = make_prior()
+        cls = tf.constant([0, 2], tf.int32)
+        settings = SamplingSettings(0.9, 3, 0.95, 2.0).tensors()
+
+        def run():
+            return decoding.sample_tokens(model, cls, 3, settings, guided=True)
+
+        plain = tf.function(run)()
+        xla = tf.function(run, jit_compile=True)()
+        np.testing.assert_array_equal(plain.numpy(), xla.numpy())
+
+    def test_sampling_follows_the_model_distribution(self):
+        # A prior whose logits ignore the input: every position is drawn from softmax(bias).
+        model = make_prior(num_classes=0, codebook_size=4, grid_size=2)
+        model.head.kernel.assign(tf.zeros_like(model.head.kernel))
+        bias = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
+        model.head.bias.assign(bias)
+        tokens = tf.function(lambda: decoding.sample_tokens(model, tf.zeros([3000], tf.int32), 1))()
+        freq = np.bincount(tokens.numpy().ravel(), minlength=4) / tokens.numpy().size
+        self.assertAllClose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.02)
+
+    def test_guidance_mixes_conditional_and_null_class_logits(self):
+        # choose() on [cond; uncond] rows draws from process(uncond + s * (cond - uncond)).
+        rng = np.random.default_rng(0)
+        cond, uncond = rng.normal(size=(2, 5, 7)).astype(np.float32)
+        settings = SamplingSettings(temperature=0.7, top_k=3, cfg_scale=2.5)
+        got = decoding.choose(tf.constant(np.concatenate([cond, uncond])), settings, 9, 4, True)
+        mixed = uncond + 2.5 * (cond - uncond)
+        want = sampling.draw(sampling.process_logits(mixed, 0.7, 3, 1.0), 9, 4)
+        self.assertAllEqual(got, want)
+        classes = decoding.guided_classes(make_prior(), tf.constant([0, 2]), True)
+        self.assertAllEqual(classes, [0, 2, 3, 3])  # then the null class (id num_classes)
+        with self.assertRaisesRegex(ValueError, "guidance needs a class-conditional prior"):
+            decoding.sample_tokens(
+                make_prior(num_classes=0), tf.zeros([1], tf.int32), 0, guided=True
+            )
+
+
+class FakeTokenizer:
+    """decode: token grid [B, h, w] -> an image [B, h, w, 3] holding token / 10."""
+
+    def decode(self, tokens):
+        return tf.repeat(tf.cast(tokens, tf.float32)[..., None] / 10.0, 3, axis=-1)
+
+
+class SamplerTest(TestCase):
+    def test_batches_follow_the_seed_rule_with_and_without_xla(self):
+        model = make_prior(class_dropout=0.1)
+        ids = class_plan(5, 3)
+        np.testing.assert_array_equal(ids, [0, 0, 1, 1, 2])
+        settings = SamplingSettings(top_k=5, cfg_scale=1.5)
+        tokens, images = Sampler(model, FakeTokenizer()).sample(ids, 4, settings, batch_size=2)
+        self.assertEqual(tokens.shape, (5, 3, 3))
+        self.assertAllClose(images, np.repeat(tokens[..., None] / 10.0, 3, -1))
+        # Batch b is sample_tokens with seed batch_seed(4, b).
+        one = tf.function(lambda cls, seed: decoding.sample_tokens(model, cls, seed, settings))
+        for b, start in enumerate(range(0, 5, 2)):
+            batch = one(tf.constant(ids[start : start + 2]), seeds.batch_seed(4, b))
+            np.testing.assert_array_equal(tokens[start : start + 2], batch)
+        xla = Sampler(model, FakeTokenizer(), jit_compile=True).sample(ids, 4, settings, 2)[0]
+        np.testing.assert_array_equal(tokens, xla)
+
+    def test_class_plan_errors(self):
+        with self.assertRaisesRegex(ValueError, r"class ids \[12\] out of range: valid are 0..9"):
+            class_plan(10, 10, ["12"])
+        with self.assertRaisesRegex(ValueError, "unconditional"):
+            class_plan(10, 0, ["1"])
+        with self.assertRaisesRegex(ValueError, "num_samples must be >= 1, got 0"):
+            class_plan(0, 10)
+        self.assertIsNone(class_plan(4, 0))
+
+    def test_guidance_needs_a_prior_trained_with_class_dropout(self):
+        no_dropout = Sampler(SimpleNamespace(num_classes=10, class_dropout=0.0), None)
+        with self.assertRaisesRegex(ValueError, r"cfg_scale=2.0: .*VIM.class_dropout > 0"):
+            no_dropout.sample([1, 2], settings=SamplingSettings(cfg_scale=2.0))
+        uncond = Sampler(SimpleNamespace(num_classes=0, class_dropout=0.0), None)
+        with self.assertRaisesRegex(ValueError, r"cfg_scale=1.5: .*unconditional"):
+            uncond.sample([0], settings=SamplingSettings(cfg_scale=1.5))
 
 
 if __name__ == "__main__":

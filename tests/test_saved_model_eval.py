@@ -3,9 +3,13 @@
 import os
 
 import gin
+import numpy as np
+import tensorflow as tf
 
-from vim_tf.eval import evaluator
+from vim_tf.eval import evaluator, saved_model_eval
 from vim_tf.export import exporter
+from vim_tf.sampling.sampler import Sampler
+from vim_tf.sampling.settings import SamplingSettings
 from vim_tf.testing.test_case import TestCase
 from vim_tf.testing.tiny import TINY_CLASSIFIER, TINY_VIM, train_tiny_quantizer, with_data_dir
 from vim_tf.training import train_lib
@@ -63,6 +67,22 @@ class SavedModelEvalTest(TestCase):
         self.assertAllClose(served["acceptance_rate"], direct["acceptance_rate"])
         self.assertAllClose(served["class_accuracy"], direct["class_accuracy"], atol=0.051)
         self.assertAllClose(served["fid"], direct["fid"], rtol=0.05, atol=0.05)
+
+    def test_served_batches_are_the_local_batches(self):
+        # Every batch (not only the first) of a served run draws with the local batch's seed.
+        gin.clear_config()
+        path = exporter.export_model_dir(self.p_dir, os.path.join(self.get_temp_dir(), "sx"))
+        gin.clear_config()
+        model = evaluator.load_trained_model(self.p_dir)[0]
+        plan = np.array([0, 3, 3, 7, 9], np.int32)
+        settings = SamplingSettings(top_k=4)
+        local, _ = Sampler(model, model.quantizer).sample(plan, 11, settings, batch_size=2)
+        served = saved_model_eval.ServedSampler(
+            tf.saved_model.load(path), saved_model_eval.read_export_info(path)
+        )
+        tokens, images = served.sample(plan, 11, settings, batch_size=2)
+        np.testing.assert_array_equal(tokens, local)
+        self.assertEqual(images.shape, (5, 16, 16, 3))
 
     def test_not_an_export(self):
         with self.assertRaisesRegex(ValueError, "not a vim_tf export version dir"):

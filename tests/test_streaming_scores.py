@@ -8,7 +8,8 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from vim_tf.eval import prior_eval, rejection, scores, streaming_scores
+from vim_tf.eval import prior_eval, scores, streaming_scores
+from vim_tf.sampling import rejection
 from vim_tf.testing.test_case import TestCase
 
 
@@ -117,8 +118,9 @@ class FakeSampler:
     """Deterministic images per (seed, batch); remembers every image batch it handed out (by
     weak reference) and how many earlier ones were still alive when it made the next."""
 
-    def __init__(self, size=8):
+    def __init__(self, size=8, num_classes=10):
         self.size = size
+        self.num_classes = num_classes
         self.handed_out = []
         self.most_alive = 0
 
@@ -126,7 +128,7 @@ class FakeSampler:
         gc.collect()
         return sum(r() is not None for r in self.handed_out)
 
-    def sample_batches(self, class_ids, seed=0, batch_size=100, **settings):
+    def sample_batches(self, class_ids, seed=0, settings=None, batch_size=100):
         for b, start in enumerate(range(0, len(class_ids), batch_size)):
             self.most_alive = max(self.most_alive, self.alive())
             ids = np.asarray(class_ids[start : start + batch_size], np.int32)
@@ -139,14 +141,9 @@ class FakeSampler:
             yield ids, np.zeros((len(ids), 2, 2), np.int32), images
             del images
 
-    def sample(self, class_ids, seed=0, batch_size=100, **settings):
-        batches = list(self.sample_batches(class_ids, seed, batch_size))
+    def sample(self, class_ids, seed=0, settings=None, batch_size=100):
+        batches = list(self.sample_batches(class_ids, seed, settings, batch_size))
         return np.concatenate([t for _, t, _ in batches]), np.concatenate([i for *_, i in batches])
-
-
-class PlanOnly:
-    def __init__(self, num_classes):
-        self.num_classes = num_classes
 
 
 def brightness_network(batch_sizes):
@@ -175,12 +172,11 @@ class StreamingPriorEvalTest(TestCase):
         sampler, batch_sizes = FakeSampler(), []
         network = brightness_network(batch_sizes)
         metrics = prior_eval.score_prior_samples(
-            PlanOnly(10),
+            sampler,
             network,
             num_samples,
             acceptance_rate,
             seed=3,
-            sampler=sampler,
             floor_split="train",
             dataset_fn=real_dataset,
         )
@@ -218,7 +214,7 @@ class StreamingPriorEvalTest(TestCase):
     def test_no_class_accuracy_when_the_classes_differ(self):
         # A 5-class prior scored by a 10-class network: class ids do not correspond.
         metrics = prior_eval.score_prior_samples(
-            PlanOnly(5), brightness_network([]), 20, sampler=FakeSampler(), dataset_fn=real_dataset
+            FakeSampler(num_classes=5), brightness_network([]), 20, dataset_fn=real_dataset
         )
         self.assertNotIn("class_accuracy", metrics)
         self.assertIn("fid", metrics)

@@ -1,4 +1,4 @@
-"""The VIM prior: causality, cached vs recomputed sampling, training, features, errors."""
+"""The VIM prior: causality, training, features, errors (sampling: tests/test_sampling.py)."""
 
 import numpy as np
 import tensorflow as tf
@@ -42,47 +42,6 @@ class VIMTest(TestCase, parameterized.TestCase):
         # The class token changes every position.
         c = model(tokens, tf.constant([1, 2])).numpy()
         self.assertGreater(np.abs(a[0] - c[0]).min(), 0.0)
-
-    @parameterized.parameters(
-        dict(num_classes=3, cfg_scale=1.0, top_k=0, top_p=1.0, temperature=1.0),
-        dict(num_classes=3, cfg_scale=2.5, top_k=4, top_p=0.9, temperature=0.8),
-        dict(num_classes=0, cfg_scale=1.0, top_k=0, top_p=0.7, temperature=1.3),
-    )
-    def test_cached_sampling_equals_full_recomputation(
-        self, num_classes, cfg_scale, top_k, top_p, temperature
-    ):
-        model = make_prior(num_classes=num_classes)
-        cls = tf.constant([0, 1, 2, 1], tf.int32)
-        guided = cfg_scale != 1.0
-        run = lambda use_cache, seed: tf.function(  # noqa: E731
-            lambda: model.sample_tokens(
-                cls, seed, temperature, top_k, top_p, cfg_scale, guided=guided, use_cache=use_cache
-            )
-        )()
-        cached = run(True, 7).numpy()
-        full = run(False, 7).numpy()
-        self.assertEqual(cached.shape, (4, 3, 3))
-        np.testing.assert_array_equal(cached, full)
-        np.testing.assert_array_equal(cached, run(True, 7).numpy())
-        self.assertFalse(np.array_equal(cached, run(True, 8).numpy()))
-
-    def test_sampling_compiles_with_xla(self):
-        model = make_prior()
-        cls = tf.constant([0, 2], tf.int32)
-        args = (cls, 3, 0.9, 3, 0.95, 2.0)
-        plain = tf.function(lambda: model.sample_tokens(*args, guided=True))()
-        xla = tf.function(lambda: model.sample_tokens(*args, guided=True), jit_compile=True)()
-        np.testing.assert_array_equal(plain.numpy(), xla.numpy())
-
-    def test_sampling_follows_the_model_distribution(self):
-        # A prior whose logits ignore the input: every position is drawn from softmax(bias).
-        model = make_prior(num_classes=0, codebook_size=4, grid_size=2)
-        model.head.kernel.assign(tf.zeros_like(model.head.kernel))
-        bias = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
-        model.head.bias.assign(bias)
-        tokens = tf.function(lambda: model.sample_tokens(tf.zeros([3000], tf.int32), 1))()
-        freq = np.bincount(tokens.numpy().ravel(), minlength=4) / tokens.numpy().size
-        self.assertAllClose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.02)
 
     def test_train_step_learns_a_fixed_sequence(self):
         model = make_prior()
@@ -135,8 +94,6 @@ class VIMTest(TestCase, parameterized.TestCase):
             VIM(num_layers=1, num_heads=1, hidden_dim=8, mlp_dim=8)
         with self.assertRaisesRegex(ValueError, "class_dropout needs a class-conditional"):
             make_prior(num_classes=0, class_dropout=0.1)
-        with self.assertRaisesRegex(ValueError, "guidance needs a class-conditional prior"):
-            make_prior(num_classes=0).sample_tokens(tf.zeros([1], tf.int32), 0, guided=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from vim_tf.models.vim import VIM
 from vim_tf.models.vitvqgan import ViTVQGAN
+from vim_tf.sampling import decoding
 from vim_tf.training import optimizers, precision
 
 TINY_STACK = {"num_layers": 2, "num_heads": 4, "hidden_dim": 128, "mlp_dim": 512}
@@ -205,7 +206,8 @@ def sampling(seq_len, use_cache, batch=8, steps=None, jit=False, repeats=3):
     steps = steps or seq_len
     cls = tf.zeros([batch], tf.int32)
     fn = tf.function(
-        lambda: model.sample_tokens(cls, 0, use_cache=use_cache, num_steps=steps), jit_compile=jit
+        lambda: decoding.sample_tokens(model, cls, 0, use_cache=use_cache, num_steps=steps),
+        jit_compile=jit,
     )
     return batch * steps / timed(lambda: fn().numpy(), repeats)
 

@@ -44,14 +44,17 @@ def main(argv):
         FLAGS.model_dir, ("prior",), "tools/sample.py samples from a prior (a VIM model dir)"
     )
     from vim_tf.eval import generate
+    from vim_tf.sampling.settings import split_seed
 
+    settings, seed = split_seed(cli.sampling_settings())
     generate.generate(
         FLAGS.model_dir,
         FLAGS.output_dir,
         FLAGS.num_samples,
         FLAGS.class_ids,
+        settings=settings,
+        seed=seed,
         batch_size=FLAGS.batch_size,
-        **cli.sampling_settings(),
         acceptance_rate=FLAGS.acceptance_rate,
         classifier=FLAGS.classifier,
         jit_compile=FLAGS.jit_compile,

@@ -4,7 +4,9 @@ import tensorflow as tf
 from absl import logging
 
 from vim_tf.config import gin_utils
-from vim_tf.eval import classifier_eval, prior_eval, quantizer_eval
+from vim_tf.eval import classifier_eval, networks, prior_eval, quantizer_eval, saved_model_eval
+from vim_tf.sampling.sampler import Sampler
+from vim_tf.sampling.settings import split_seed
 from vim_tf.training import trainer
 from vim_tf.utils import fs
 from vim_tf.utils import images as image_utils
@@ -33,22 +35,6 @@ def load_trained_model(model_dir, checkpoint=None, kinds=model_dir_lib.KINDS, pu
     return model, info, path
 
 
-def load_scoring_network(path):
-    """The network that scores images: a vim_tf classifier model dir, or an Inception v3 /
-    scoring network file in a format `vim_tf.eval.inception.load` detects (SavedModel / TF Hub
-    dir, frozen GraphDef, Keras InceptionV3 weights)."""
-    from vim_tf.eval import inception
-    from vim_tf.eval.scores import ScoringNetwork
-
-    if fs.exists(fs.join(path, model_dir_lib.MODEL_INFO_FILE)):
-        model = load_classifier(path)
-        return ScoringNetwork.from_keras(model, name=f"vim_tf_classifier:{fs.abspath(path)}")
-    try:
-        return inception.load(path)
-    except ValueError as e:
-        raise ValueError(f"--classifier={path!r}: {e}") from e
-
-
 def load_classifier(classifier_dir):
     """A trained `ImageClassifier` from its model dir (rebuilt from its Keras config)."""
     from vim_tf.models.classifier import ImageClassifier
@@ -65,12 +51,15 @@ def load_classifier(classifier_dir):
 def evaluate_export(
     saved_model, output, classifier=None, num_samples=1000, acceptance_rate=1.0, sampling=None
 ):
-    """Scores an exported SavedModel version dir (see `saved_model_eval`) into `output`."""
-    from vim_tf.eval import saved_model_eval
+    """Scores an exported SavedModel version dir (see `saved_model_eval`) into `output`.
 
-    network = load_scoring_network(classifier) if classifier else None
+    Args:
+      sampling: as in `evaluate`.
+    """
+    network = networks.load_scoring_network(classifier) if classifier else None
+    settings, seed = split_seed(sampling)
     metrics = saved_model_eval.evaluate_saved_model(
-        saved_model, network, num_samples, acceptance_rate, sampling
+        saved_model, network, num_samples, acceptance_rate, settings, seed
     )
     model_dir_lib.write_json(output, metrics)
     logging.info("%s export: %s -> %s", metrics["kind"], metrics, output)
@@ -90,9 +79,9 @@ def evaluate(
     """Scores the model in `model_dir` and writes one JSON object to `output`.
 
     Args:
-      classifier: the scoring network (see `load_scoring_network`): adds `rfid` for a quantizer;
-        for a prior, `num_samples` samples (every class evenly) get `fid`, `inception_score`
-        (the network's classifier score), `kid` and `class_accuracy`.
+      classifier: the scoring network (see `networks.load_scoring_network`): adds `rfid` for a
+        quantizer; for a prior, `num_samples` samples (every class evenly) get `fid`,
+        `inception_score` (the network's classifier score), `kid` and `class_accuracy`.
       acceptance_rate: classifier rejection sampling for the prior's samples (1 = off).
       floor_split: also report `fid_floor`, the FID of this real split against the test split.
       checkpoint: a specific checkpoint path (default: the newest).
@@ -103,7 +92,8 @@ def evaluate(
         model_dir, checkpoint, purpose="evaluate.py scores quantizers, priors and classifiers"
     )
     kind = info.get("kind")
-    network = load_scoring_network(classifier) if classifier else None
+    network = networks.load_scoring_network(classifier) if classifier else None
+    settings, seed = split_seed(sampling)
     if kind == "quantizer":
         metrics = quantizer_eval.evaluate_quantizer(model, network=network)
         inputs, recs = metrics.pop("examples")
@@ -112,25 +102,10 @@ def evaluate(
         image_utils.save_png(grid_path, grid, scale=2)
         metrics["reconstruction_grid"] = grid_path
     elif kind == "prior":
-        metrics = prior_eval.evaluate_prior(model)
+        metrics = _evaluate_prior(
+            model, network, num_samples, acceptance_rate, floor_split, settings, seed
+        )
         metrics["quantizer_dir"] = info.get("quantizer_dir")
-        if network is None:
-            logging.warning(
-                "no --classifier: FID, inception_score, KID and class accuracy are not computed "
-                "(nothing is downloaded; pass a vim_tf classifier model dir, or an Inception v3 "
-                "file of your own for the paper's Inception scores)"
-            )
-        else:
-            metrics.update(
-                prior_eval.score_prior_samples(
-                    model,
-                    network,
-                    num_samples,
-                    acceptance_rate,
-                    floor_split=floor_split,
-                    **prior_eval.split_sampling(sampling),
-                )
-            )
     elif kind == "classifier":
         metrics = classifier_eval.evaluate_classifier(model)
     else:
@@ -142,4 +117,23 @@ def evaluate(
     model_dir_lib.write_json(output, metrics)
     shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
     logging.info("%s: %s -> %s", kind, shown, output)
+    return metrics
+
+
+def _evaluate_prior(model, network, num_samples, acceptance_rate, floor_split, settings, seed):
+    """The test-split NLL of a prior and, with a scoring network, the scores of its samples."""
+    metrics = prior_eval.evaluate_prior(model)
+    if network is None:
+        logging.warning(
+            "no --classifier: FID, inception_score, KID and class accuracy are not computed "
+            "(nothing is downloaded; pass a vim_tf classifier model dir, or an Inception v3 "
+            "file of your own for the paper's Inception scores)"
+        )
+        return metrics
+    sampler = Sampler(model, model.quantizer)
+    metrics.update(
+        prior_eval.score_prior_samples(
+            sampler, network, num_samples, acceptance_rate, seed, settings, floor_split=floor_split
+        )
+    )
     return metrics

@@ -44,7 +44,7 @@ FORMATS = (
 
 def load(path, name=None):
     """The scoring network in the file or directory `path` (format detected; see the module
-    docstring). A vim_tf classifier model dir is loaded by `evaluator.load_scoring_network`.
+    docstring). A vim_tf classifier model dir is loaded by `networks.load_scoring_network`.
 
     Raises:
       ValueError: `path` does not exist or is none of the formats, naming the accepted ones.

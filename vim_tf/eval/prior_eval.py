@@ -3,12 +3,14 @@
 import math
 
 import gin
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from vim_tf.data import input_pipeline
 from vim_tf.eval import scores, streaming_scores
+from vim_tf.sampling import rejection
+from vim_tf.sampling import sampler as sampler_lib
+from vim_tf.sampling.settings import SamplingSettings
 
 
 @gin.configurable(denylist=["model"])
@@ -63,37 +65,18 @@ def real_summary(
     )
 
 
-SAMPLING_KEYS = ("temperature", "top_k", "top_p", "cfg_scale")
-
-
-def split_sampling(sampling):
-    """{temperature, top_k, top_p, cfg_scale, seed} (any subset, or None) -> the `seed` and
-    `sampling_kwargs` arguments of `score_prior_samples`."""
-    sampling = dict(sampling or {})
-    unknown = sorted(set(sampling) - set(SAMPLING_KEYS) - {"seed"})
-    if unknown:
-        raise ValueError(
-            f"unknown sampling settings {unknown}; valid: {list(SAMPLING_KEYS) + ['seed']}"
-        )
-    out = {"sampling_kwargs": {k: sampling[k] for k in SAMPLING_KEYS if k in sampling}}
-    if "seed" in sampling:
-        out["seed"] = int(sampling["seed"])
-    return out
-
-
 @gin.configurable(
-    denylist=["model", "network", "num_samples", "acceptance_rate", "seed", "sampler"]
+    denylist=["sampler", "network", "num_samples", "acceptance_rate", "seed", "settings"]
 )
 def score_prior_samples(
-    model,
+    sampler,
     network,
     num_samples,
     acceptance_rate=1.0,
     seed=0,
+    settings=None,
     real_split="test",
     floor_split=None,
-    sampling_kwargs=None,
-    sampler=None,
     kid_max_samples=streaming_scores.DEFAULT_KID_MAX_SAMPLES,
     dataset_fn=input_pipeline.make_dataset,
 ):
@@ -103,46 +86,26 @@ def score_prior_samples(
     the network has as many classes as the prior, so that class ids correspond); with
     `acceptance_rate` < 1 the samples come from classifier rejection sampling. With
     `floor_split`, `fid_floor` is the FID between the real `floor_split` and `real_split` images
-    (the best a generator can expect at this sample size and network). `sampler` defaults to
-    `generate.Sampler(model)` (a served model passes its own). `sampling_kwargs`: temperature,
-    top_k, top_p, cfg_scale (default: temperature 1, no top-k, top-p or guidance, as in the
-    paper); they and the seed are recorded in the result under `sampling`.
+    (the best a generator can expect at this sample size and network). The settings
+    (`SamplingSettings`, default: the paper's) and the seed are recorded under `sampling`.
 
     Scoring streams: each batch of samples goes through `network` and is dropped, and only
     running sums (FID, classifier score, class counts) and a random subset of at most
     `kid_max_samples` features per image set (KID) are kept, so memory does not grow with
-    `num_samples` (see `vim_tf.eval.streaming_scores`). `sampler` needs
-    `sample_batches(class_ids, seed=, **sampling_kwargs)`. `dataset_fn` gives the real splits.
+    `num_samples` (see `vim_tf.eval.streaming_scores`).
+
+    Args:
+      sampler: a `vim_tf.sampling.sampler.BatchSampler` (its `num_classes` sets the plan): a
+        `Sampler` of a prior network, or a served export's.
+      network: the `ScoringNetwork`.
+      dataset_fn: gives the real splits.
     """
-    from vim_tf.eval import generate, rejection
-    from vim_tf.models import sampling
-
-    settings = dict(temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0)
-    unknown = sorted(set(sampling_kwargs or {}) - set(settings))
-    if unknown:
-        raise ValueError(f"unknown sampling settings {unknown}; valid: {sorted(settings)}")
-    settings.update(sampling_kwargs or {})
-    sampling.check_sampling_args(**settings)
-
-    plan = generate.class_plan(num_samples, model.num_classes)
-    ids = plan if plan is not None else np.zeros([num_samples], np.int32)
-    sampler = sampler or generate.Sampler(model)
-    fake = streaming_scores.ActivationSummary(kid_max_samples, total=len(ids), seed=seed)
-    with_ids = plan is not None
-    if acceptance_rate == 1.0:
-        # One batch of images at a time: sampled, scored, dropped.
-        for batch_ids, _, images in sampler.sample_batches(ids, seed=seed, **settings):
-            fake.add_images(network, images, batch_ids if with_ids else None)
-            del images
-        achieved = 1.0
-    else:
-        kept = rejection.stream_rejection_sample(
-            sampler, network, ids, acceptance_rate, seed=seed, **settings
-        )
-        for features, logits, kept_ids in kept:
-            fake.update(features, logits, kept_ids if with_ids else None)
-        achieved = len(ids) / len(rejection.candidate_plan(ids, acceptance_rate)[2])
-        logging.info("rejection sampling kept %d samples (acceptance %.3f)", len(ids), achieved)
+    settings = SamplingSettings() if settings is None else settings
+    num_classes = sampler.num_classes
+    plan = sampler_lib.class_plan(num_samples, num_classes)
+    fake, achieved = _sample_summary(
+        sampler, network, plan, num_samples, acceptance_rate, seed, settings, kid_max_samples
+    )
     real = real_summary(network, real_split, dataset_fn, kid_max_samples)
     kid, _ = scores.kernel_distance(*streaming_scores.kid_features(real, fake))
     out = {
@@ -154,21 +117,54 @@ def score_prior_samples(
         "num_real": int(real.count),
         "real_split": real_split,
         "classifier": network.name,
-        "sampling": {**settings, "seed": int(seed)},
+        "sampling": {**settings.as_dict(), "seed": int(seed)},
     }
-    if with_ids and fake.score_sums.num_classes != model.num_classes:
-        # E.g. the 1008-way Inception graph on a 1000-class prior: class ids do not correspond.
-        logging.warning(
-            "class_accuracy not reported: %s has %d classes, the prior %d",
-            network.name,
-            fake.score_sums.num_classes,
-            model.num_classes,
-        )
-    elif with_ids:
-        out["class_accuracy"] = fake.class_accuracy()
-        out["class_accuracy_per_class"] = fake.class_accuracy_per_class()
+    if plan is not None:
+        out.update(_class_accuracy(fake, network, num_classes))
     if floor_split:
         floor = real_summary(network, floor_split, dataset_fn, kid_max_samples=None)
         out["fid_floor"] = streaming_scores.frechet_distance(floor, real)
         out["fid_floor_splits"] = f"{floor_split} vs {real_split}"
     return out
+
+
+def _sample_summary(
+    sampler, network, plan, num_samples, acceptance_rate, seed, settings, kid_max_samples
+):
+    """Samples the plan (through rejection sampling when acceptance_rate < 1) and streams them
+    into an `ActivationSummary`. Returns (summary, achieved acceptance rate)."""
+    ids = sampler_lib.plan_ids(plan, num_samples)
+    fake = streaming_scores.ActivationSummary(kid_max_samples, total=len(ids), seed=seed)
+    with_ids = plan is not None
+    if acceptance_rate == 1.0:
+        # One batch of images at a time: sampled, scored, dropped.
+        for batch_ids, _, images in sampler.sample_batches(ids, seed=seed, settings=settings):
+            fake.add_images(network, images, batch_ids if with_ids else None)
+            del images
+        return fake, 1.0
+    kept = rejection.stream_rejection_sample(
+        sampler, network, ids, acceptance_rate, seed=seed, settings=settings
+    )
+    for features, logits, kept_ids in kept:
+        fake.update(features, logits, kept_ids if with_ids else None)
+    achieved = len(ids) / len(rejection.candidate_plan(ids, acceptance_rate)[2])
+    logging.info("rejection sampling kept %d samples (acceptance %.3f)", len(ids), achieved)
+    return fake, achieved
+
+
+def _class_accuracy(fake, network, num_classes):
+    """{class_accuracy, class_accuracy_per_class} of class-conditional samples, or {} when the
+    network's classes are not the prior's."""
+    if fake.score_sums.num_classes != num_classes:
+        # E.g. the 1008-way Inception graph on a 1000-class prior: class ids do not correspond.
+        logging.warning(
+            "class_accuracy not reported: %s has %d classes, the prior %d",
+            network.name,
+            fake.score_sums.num_classes,
+            num_classes,
+        )
+        return {}
+    return {
+        "class_accuracy": fake.class_accuracy(),
+        "class_accuracy_per_class": fake.class_accuracy_per_class(),
+    }

@@ -9,6 +9,8 @@ import tensorflow as tf
 
 from vim_tf.config import gin_utils
 from vim_tf.eval import prior_eval, quantizer_eval
+from vim_tf.sampling import sampler as sampler_lib
+from vim_tf.sampling import seeds
 from vim_tf.utils import fs
 
 
@@ -38,50 +40,39 @@ class ServedQuantizer:
         return tf.cast(self._decode(tokens=tf.cast(tokens, tf.int32))["images"], tf.float32) / 255.0
 
 
-class ServedSampler:
-    """`Sampler.sample` through a prior export's `generate` signature (same seeds per batch)."""
+class ServedSampler(sampler_lib.BatchSampler):
+    """`vim_tf.sampling.sampler.Sampler` through a prior export's `generate` signature: the same
+    batches with the same seeds (each request asks for its batch's seed, `seeds.request_seed`)."""
 
     def __init__(self, loaded, info):
         self._generate = loaded.signatures["generate"]
-        self.conditional = info.get("num_classes", 0) > 0
+        self.num_classes = info.get("num_classes", 0) or 0
 
-    def sample(
-        self, class_ids, seed=0, temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0, batch_size=100
-    ):
-        batches = list(
-            self.sample_batches(class_ids, seed, temperature, top_k, top_p, cfg_scale, batch_size)
+    def check_guidance(self, cfg_scale):
+        """Nothing here: the export refuses guidance in-graph where its prior cannot serve it."""
+        del cfg_scale
+
+    def draw_batch(self, class_ids, seed, batch_index, settings):
+        first = (
+            {"class_ids": tf.constant(class_ids)}
+            if self.num_classes
+            else {"num_images": tf.constant(len(class_ids), tf.int32)}
         )
-        return np.concatenate([t for _, t, _ in batches]), np.concatenate([i for *_, i in batches])
-
-    def sample_batches(
-        self, class_ids, seed=0, temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0, batch_size=100
-    ):
-        """Yields (class_ids [B], tokens [B, h, w], images float32 [B, H, W, 3] in [0, 1]) one
-        batch at a time, as `vim_tf.eval.generate.Sampler.sample_batches`."""
-        for b, start in enumerate(range(0, len(class_ids), batch_size)):
-            ids = np.asarray(class_ids[start : start + batch_size], np.int32)
-            first = (
-                {"class_ids": tf.constant(ids)}
-                if self.conditional
-                else {"num_images": tf.constant(len(ids), tf.int32)}
-            )
-            # Same per-batch seed as vim_tf.eval.generate.Sampler (int32 wrap-around included).
-            batch_seed = np.array(seed * 1_000_003 + b, np.int64).astype(np.int32)
-            out = self._generate(
-                **first,
-                temperature=tf.constant(temperature, tf.float32),
-                top_k=tf.constant(top_k, tf.int32),
-                top_p=tf.constant(top_p, tf.float32),
-                cfg_scale=tf.constant(cfg_scale, tf.float32),
-                seed=tf.constant(batch_seed),
-            )
-            yield ids, out["tokens"].numpy(), out["images"].numpy().astype(np.float32) / 255.0
+        out = self._generate(
+            **first,
+            **settings.tensors()._asdict(),
+            seed=tf.constant(seeds.request_seed(seed, batch_index), tf.int32),
+        )
+        return out["tokens"].numpy(), out["images"].numpy().astype(np.float32) / 255.0
 
 
-def evaluate_saved_model(path, network=None, num_samples=1000, acceptance_rate=1.0, sampling=None):
+def evaluate_saved_model(
+    path, network=None, num_samples=1000, acceptance_rate=1.0, settings=None, seed=0
+):
     """Metrics of an export: quantizer (psnr, ssim, l1, l2, usage, perplexity, rfid) or prior
-    (fid, inception_score, kid, class_accuracy of samples from `generate`). A prior export has
-    no likelihood signature, so its metrics have no NLL."""
+    (fid, inception_score, kid, class_accuracy of samples from `generate`, drawn with
+    `settings` (`SamplingSettings`) and `seed` as `evaluator.evaluate` draws them). A prior
+    export has no likelihood signature, so its metrics have no NLL."""
     info = read_export_info(path)
     gin_utils.load_model_dir_config(info["source"]["model_dir"])
     loaded = tf.saved_model.load(path)
@@ -91,14 +82,8 @@ def evaluate_saved_model(path, network=None, num_samples=1000, acceptance_rate=1
     elif info["kind"] == "prior":
         if network is None:
             raise ValueError("scoring a prior export needs --classifier")
-        sampler = ServedSampler(loaded, info)
         metrics = prior_eval.score_prior_samples(
-            _PlanOnly(info.get("num_classes", 0)),
-            network,
-            num_samples,
-            acceptance_rate,
-            sampler=sampler,
-            **prior_eval.split_sampling(sampling),
+            ServedSampler(loaded, info), network, num_samples, acceptance_rate, seed, settings
         )
     else:
         raise ValueError(
@@ -107,10 +92,3 @@ def evaluate_saved_model(path, network=None, num_samples=1000, acceptance_rate=1
         )
     metrics.update(kind=info["kind"], saved_model=fs.abspath(path), step=info["source"]["step"])
     return metrics
-
-
-class _PlanOnly:
-    """What `score_prior_samples` reads from a prior besides its sampler."""
-
-    def __init__(self, num_classes):
-        self.num_classes = num_classes

@@ -36,14 +36,15 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from vim_tf.sampling import decoding, seeds
+from vim_tf.sampling.settings import KEYS as SETTING_KEYS
+from vim_tf.sampling.settings import SettingTensors
 from vim_tf.utils import fs
 from vim_tf.utils import model_dir as model_dir_lib
 
 EXPORT_INFO_FILE = "export_info.json"
 # The linear probe's output in a prior's model dir: its best block becomes the feature layer.
 PROBE_FILE = "probe.json"
-# `generate.Sampler.sample` seeds batch b with seed * SEED_STRIDE + b; one request is batch 0.
-SEED_STRIDE = 1_000_003
 
 
 # ----------------------------------------------------------------- serving-boundary helpers
@@ -134,8 +135,13 @@ def quantizer_endpoints(quantizer):
     ]
 
 
-def _sampling_checks(temperature, top_k, top_p, cfg_scale):
-    """In-graph `vim_tf.models.sampling.check_sampling_args` (NaN fails every check)."""
+def _sampling_checks(settings):
+    """In-graph `vim_tf.sampling.settings.SamplingSettings` validation (NaN fails every check).
+
+    Args:
+      settings: `SettingTensors` of the request.
+    """
+    temperature, top_k, top_p, cfg_scale = settings
     return [
         _check(temperature > 0, "temperature must be > 0, got", temperature),
         _check(top_k >= 0, "top_k must be >= 0 (0 = off), got", top_k),
@@ -146,11 +152,95 @@ def _sampling_checks(temperature, top_k, top_p, cfg_scale):
     ]
 
 
-def prior_endpoints(prior, feature_layer, feature_class_id):
-    """generate / features of a `VIM`, then its quantizer's encode / decode / reconstruct.
+def _scalar(dtype, name):
+    return tf.TensorSpec([], dtype, name=name)
+
+
+def _settings_specs():
+    """The scalar inputs after the first of `generate`: the sampling settings, then `seed`."""
+    dtypes = {"temperature": tf.float32, "top_k": tf.int32, "top_p": tf.float32}
+    specs = [_scalar(dtypes.get(k, tf.float32), k) for k in SETTING_KEYS]
+    return specs + [_scalar(tf.int32, "seed")]
+
+
+def _sampler(prior, tokenizer):
+    """`sample(class_ids, settings, seed, checks) -> {"tokens", "images"}`: batch 0 of
+    `vim_tf.sampling.sampler.Sampler.sample` with `seed`, once `checks` and the settings'
+    checks pass (guidance, which doubles the batch, is its own branch)."""
+
+    def sample(class_ids, settings, seed, checks):
+        checks = checks + _sampling_checks(settings)
+        class_ids, settings, seed = _after(checks, (class_ids, settings, seed))
+        seed = seeds.batch_seed(seed, 0)
+
+        def run(guided):
+            return lambda: decoding.sample_tokens(prior, class_ids, seed, settings, guided=guided)
+
+        if prior.num_classes:
+            tokens = tf.cond(tf.not_equal(settings.cfg_scale, 1.0), run(True), run(False))
+        else:
+            tokens = run(False)()
+        return {"tokens": tokens, "images": to_uint8(tokenizer.decode(tokens))}
+
+    return sample
+
+
+def _conditional_generate(prior, sample):
+    """`generate` of a class-conditional prior: class_ids int32 [B] and scalar settings."""
+    n = prior.num_classes
+    what = f"one of {n} classes; the null class {n} only serves guidance"
+
+    def generate(class_ids, temperature, top_k, top_p, cfg_scale, seed):
+        """class_ids int32 [B] and scalar settings -> {"tokens", "images"} (one sample each)."""
+        checks = [
+            _check_ids("class ids", class_ids, n, what),
+            _check(
+                tf.size(class_ids) > 0,
+                "class_ids must hold at least one class id; got shape",
+                tf.shape(class_ids),
+            ),
+        ]
+        if not prior.class_dropout:
+            # As sampler.check_guidance: the null class of such a prior is untrained.
+            checks.append(
+                _check(
+                    tf.equal(cfg_scale, 1.0),
+                    "cfg_scale must be 1: classifier-free guidance needs a prior trained "
+                    "with VIM.class_dropout > 0 and this one had class_dropout=0 (its null "
+                    "class is untrained); got",
+                    cfg_scale,
+                )
+            )
+        settings = SettingTensors(temperature, top_k, top_p, cfg_scale)
+        return sample(class_ids, settings, seed, checks)
+
+    return generate, tf.TensorSpec([None], tf.int32, name="class_ids")
+
+
+def _unconditional_generate(sample):
+    """`generate` of an unconditional prior: num_images int32 [] and scalar settings."""
+
+    def generate(num_images, temperature, top_k, top_p, cfg_scale, seed):
+        """num_images int32 [] and scalar settings -> {"tokens", "images"}."""
+        count = _check(num_images >= 1, "num_images must be >= 1, got", num_images)
+        guidance = _check(
+            tf.equal(cfg_scale, 1.0),
+            "cfg_scale must be 1: classifier-free guidance needs a class-conditional prior; got",
+            cfg_scale,
+        )
+        class_ids = tf.zeros([_after([count], num_images)], tf.int32)
+        settings = SettingTensors(temperature, top_k, top_p, cfg_scale)
+        return sample(class_ids, settings, seed, [guidance])
+
+    return generate, _scalar(tf.int32, "num_images")
+
+
+def prior_endpoints(prior, tokenizer, feature_layer, feature_class_id):
+    """generate / features of a `VIM`, then its tokenizer's encode / decode / reconstruct.
 
     Args:
-      prior: a restored `VIM` with its quantizer.
+      prior: a restored `VIM` network.
+      tokenizer: its stage-1 `ViTVQGAN` (images <-> tokens).
       feature_layer: 1-based block whose token-averaged output `features` returns.
       feature_class_id: the class id fed with the tokens for `features` (the linear probe's:
         the start token of an unconditional prior, the null class of a conditional one).
@@ -158,99 +248,24 @@ def prior_endpoints(prior, feature_layer, feature_class_id):
     Returns:
       list of (name, fn, input_signature); the first is the default.
     """
-    size, n = prior.quantizer.image_size, prior.num_classes
-    scalar = lambda dtype, name: tf.TensorSpec([], dtype, name=name)  # noqa: E731
-    settings = [
-        scalar(tf.float32, "temperature"),
-        scalar(tf.int32, "top_k"),
-        scalar(tf.float32, "top_p"),
-        scalar(tf.float32, "cfg_scale"),
-        scalar(tf.int32, "seed"),
-    ]
-
-    def sample(class_ids, temperature, top_k, top_p, cfg_scale, seed, checks):
-        checks = checks + _sampling_checks(temperature, top_k, top_p, cfg_scale)
-        class_ids, temperature, top_k, top_p, cfg_scale, seed = _after(
-            checks, (class_ids, temperature, top_k, top_p, cfg_scale, seed)
-        )
-        # Batch 0 of Sampler.sample, whose tf.constant(seed * SEED_STRIDE, tf.int32) wraps mod
-        # 2**32 for large seeds; uint32 arithmetic wraps the same way without signed overflow
-        # (`sampling.uniform` casts the seed to uint32 anyway).
-        seed = tf.cast(seed, tf.uint32) * tf.constant(SEED_STRIDE, tf.uint32)
-
-        def run(guided):
-            return lambda: prior.sample_tokens(
-                class_ids, seed, temperature, top_k, top_p, cfg_scale, guided=guided
-            )
-
-        if n:
-            # One signature serves both: guidance doubles the batch, so it is its own branch.
-            tokens = tf.cond(tf.not_equal(cfg_scale, 1.0), run(True), run(False))
-        else:
-            tokens = run(False)()
-        return {"tokens": tokens, "images": to_uint8(prior.decode(tokens))}
-
-    if n:
-
-        def generate(class_ids, temperature, top_k, top_p, cfg_scale, seed):
-            """class_ids int32 [B] and scalar settings -> {"tokens", "images"} (one sample each)."""
-            checks = [
-                _check_ids(
-                    "class ids",
-                    class_ids,
-                    n,
-                    f"one of {n} classes; the null class {n} only serves guidance",
-                ),
-                _check(
-                    tf.size(class_ids) > 0,
-                    "class_ids must hold at least one class id; got shape",
-                    tf.shape(class_ids),
-                ),
-            ]
-            if not prior.class_dropout:
-                # As generate.check_guidance: the null class of such a prior is untrained.
-                checks.append(
-                    _check(
-                        tf.equal(cfg_scale, 1.0),
-                        "cfg_scale must be 1: classifier-free guidance needs a prior trained "
-                        "with VIM.class_dropout > 0 and this one had class_dropout=0 (its null "
-                        "class is untrained); got",
-                        cfg_scale,
-                    )
-                )
-            return sample(class_ids, temperature, top_k, top_p, cfg_scale, seed, checks)
-
-        first = tf.TensorSpec([None], tf.int32, name="class_ids")
+    sample = _sampler(prior, tokenizer)
+    if prior.num_classes:
+        generate, first = _conditional_generate(prior, sample)
     else:
-
-        def generate(num_images, temperature, top_k, top_p, cfg_scale, seed):
-            """num_images int32 [] and scalar settings -> {"tokens", "images"}."""
-            checks = [
-                _check(num_images >= 1, "num_images must be >= 1, got", num_images),
-                _check(
-                    tf.equal(cfg_scale, 1.0),
-                    "cfg_scale must be 1: classifier-free guidance needs a class-conditional "
-                    "prior; got",
-                    cfg_scale,
-                ),
-            ]
-            num_images = _after(checks[:1], num_images)
-            class_ids = tf.zeros([num_images], tf.int32)
-            return sample(class_ids, temperature, top_k, top_p, cfg_scale, seed, checks[1:])
-
-        first = scalar(tf.int32, "num_images")
+        generate, first = _unconditional_generate(sample)
 
     def features(images):
         """images uint8 [B, H, W, 3] -> {"features": float32 [B, hidden_dim]}."""
-        tokens = prior.tokenize({"image": from_uint8(images)})
+        tokens = tf.reshape(tokenizer.encode(from_uint8(images)), [-1, prior.seq_len])
         class_ids = tf.fill(tf.shape(tokens)[:1], tf.constant(feature_class_id, tf.int32))
         out = prior.features(tokens, class_ids, layer=feature_layer)
         return {"features": tf.cast(out, tf.float32)}
 
+    size = tokenizer.image_size
     images_spec = tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")
-    reconstruct, encode, decode = quantizer_endpoints(prior.quantizer)
+    reconstruct, encode, decode = quantizer_endpoints(tokenizer)
     return [
-        ("generate", generate, [first] + settings),
+        ("generate", generate, [first] + _settings_specs()),
         ("features", features, [images_spec]),
         encode,
         decode,
@@ -377,7 +392,7 @@ def _model_description(model, kind, model_dir):
             feature_class_id=class_id,
             quantizer_dir=model.quantizer_dir,
         )
-        return desc, prior_endpoints(model, layer, class_id)
+        return desc, prior_endpoints(model, model.quantizer, layer, class_id)
     desc = dict(
         image_size=model.image_size,
         grid_size=None,
@@ -392,9 +407,10 @@ def export_model_dir(model_dir, export_dir, version=None):
     """Exports the trained model in `model_dir` as the SavedModel `export_dir/<version>/`.
 
     The SavedModel is written to a temporary dir inside `export_dir` (TF Serving ignores
-    non-numeric names) and moved into place (a rename on a local disk), so a crash never leaves a half-written version
-    and existing versions are never touched. `export_info.json` beside `saved_model.pb` records
-    the kind, sizes, feature layer, signatures and the source model dir and checkpoint.
+    non-numeric names) and moved into place (a rename on a local disk), so a crash never leaves a
+    half-written version and existing versions are never touched. `export_info.json` beside
+    `saved_model.pb` records the kind, sizes, feature layer, signatures and the source model dir
+    and checkpoint.
 
     Args:
       model_dir: a trained quantizer, prior or classifier model dir.

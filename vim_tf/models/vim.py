@@ -15,13 +15,16 @@ import tensorflow as tf
 from keras import ops
 
 from vim_tf.config import checks
-from vim_tf.models import randomness, sampling
+from vim_tf.models import randomness
 from vim_tf.models.vit import TransformerStack
 from vim_tf.models.vitvqgan import load_quantizer
 from vim_tf.training import guard
 from vim_tf.training.procedure import TrainingProcedure
 from vim_tf.utils import fs
 from vim_tf.utils import model_dir as model_dir_lib
+
+# Attention logit of a masked (future) position, as in `vim_tf.models.vit.Attention`.
+_MASKED = -1e9
 
 
 @gin.register
@@ -266,7 +269,49 @@ class VIM(TrainingProcedure):
         guard.track(self._trackers["accuracy"], acc, ok)
         return {m.name: m.result() for m in self.metrics}
 
-    # ----------------------------------------------------------------- sampling
+    # ----------------------------------------------------------------- cached inference
+    # One position at a time with a key/value cache: the primitives of the autoregressive loop
+    # in `vim_tf.sampling.decoding` (graph-mode, static shapes, XLA-compilable).
+    def init_cache(self, rows):
+        """An empty key/value cache for `rows` sequences: per block (keys, values), each
+        [N, rows, H, hd] in the compute dtype."""
+        shape = [self.seq_len, rows, self.num_heads, self.head_dim]
+        return [
+            (tf.zeros(shape, self.compute_dtype), tf.zeros(shape, self.compute_dtype))
+            for _ in range(self.num_layers)
+        ]
+
+    def first_input(self, class_ids):
+        """Input at position 0 (class or start token, plus position 0's embedding).
+
+        class_ids: int [B] -> [B, 1, D].
+        """
+        first = tf.gather(self.class_embedding, self.class_slots(class_ids))
+        return tf.cast((first + self.positional_embedding()[0][None])[:, None], self.compute_dtype)
+
+    def next_input(self, tokens_t, pos):
+        """Input at position pos + 1: the embedding of token pos (int [B]) -> [B, 1, D]."""
+        nxt = tf.minimum(pos + 1, self.seq_len - 1)
+        e = (
+            tf.gather(self.token_embedding, tokens_t)
+            + tf.gather(self.positional_embedding(), nxt)[None]
+        )
+        return tf.cast(e[:, None], self.compute_dtype)
+
+    def call_with_cache(self, x, pos, cache):
+        """Runs every block on the one position `pos` (x [B, 1, D], cache from `init_cache`).
+
+        Returns:
+          (logits [B, codebook_size] float32 predicting token pos, the updated cache).
+        """
+        mask = tf.range(self.seq_len) <= pos
+        new = []
+        for i in range(self.num_layers):
+            x, ck, cv = self._block_step(i, x, pos, cache[i][0], cache[i][1], mask)
+            new.append((ck, cv))
+        logits = tf.cast(self.head(self.ln_final(x))[:, 0], tf.float32)
+        return logits, new
+
     def _block_step(self, i, x, pos, cache_k, cache_v, mask):
         """One block on one new position with the key/value cache.
 
@@ -281,123 +326,12 @@ class VIM(TrainingProcedure):
         logits = tf.einsum(
             "bhd,nbhd->bhn", tf.cast(q[:, :, 0] * scale, tf.float32), tf.cast(cache_k, tf.float32)
         )
-        logits = tf.where(mask[None, None, :], logits, sampling.NEG_INF)
+        logits = tf.where(mask[None, None, :], logits, _MASKED)
         probs = tf.cast(tf.nn.softmax(logits, axis=-1), cache_v.dtype)
         heads = tf.einsum("bhn,nbhd->bhd", probs, cache_v)[:, :, None]
         x = x + attn.project_out(heads)
         x = x + block.mlp(block.ln_2(x))
         return x, cache_k, cache_v
-
-    def _logits_at(self, x, pos, caches):
-        """Runs every block on position `pos`; returns (logits [B, K] float32, new caches)."""
-        mask = tf.range(self.seq_len) <= pos
-        new = []
-        for i in range(self.num_layers):
-            x, ck, cv = self._block_step(i, x, pos, caches[i][0], caches[i][1], mask)
-            new.append((ck, cv))
-        logits = tf.cast(self.head(self.ln_final(x))[:, 0], tf.float32)
-        return logits, new
-
-    def _next_input(self, tokens_t, pos):
-        """Embedding of a sampled token placed at sequence position pos + 1: [B, 1, D]."""
-        nxt = tf.minimum(pos + 1, self.seq_len - 1)
-        e = (
-            tf.gather(self.token_embedding, tokens_t)
-            + tf.gather(self.positional_embedding(), nxt)[None]
-        )
-        return tf.cast(e[:, None], self.compute_dtype)
-
-    def _choose(self, logits, pos, seed, temperature, top_k, top_p, cfg_scale, guided, batch):
-        if guided:
-            logits = sampling.guide(logits[:batch], logits[batch:], cfg_scale)
-        logits = sampling.process_logits(logits, temperature, top_k, top_p)
-        return sampling.draw(logits, seed, pos)
-
-    def _guided_classes(self, class_ids, guided):
-        class_ids = tf.cast(class_ids, tf.int32)
-        if guided:
-            if self.num_classes == 0:
-                raise ValueError("classifier-free guidance needs a class-conditional prior")
-            return tf.concat([class_ids, tf.fill(tf.shape(class_ids), self.null_class)], 0)
-        return class_ids
-
-    def sample_tokens(
-        self,
-        class_ids,
-        seed,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        cfg_scale=1.0,
-        guided=False,
-        use_cache=True,
-        num_steps=None,
-    ):
-        """Autoregressive sampling (call inside tf.function; static shapes, XLA-compilable).
-
-        Args:
-          class_ids: int [B] (ignored by unconditional priors, but sets the batch size).
-          seed: int scalar; the same seed and settings give the same tokens.
-          temperature, top_k, top_p, cfg_scale: scalars (tensors allowed); see `sampling`.
-          guided: Python bool, use classifier-free guidance (doubles the batch).
-          use_cache: Python bool; False recomputes the whole prefix at every step (reference).
-          num_steps: Python int, stop after this many positions (benchmarks; default: all).
-
-        Returns:
-          int32 [B, grid_size, grid_size].
-        """
-        steps = self.seq_len if num_steps is None else int(num_steps)
-        batch = tf.shape(class_ids)[0]
-        classes = self._guided_classes(class_ids, guided)
-        rows = tf.shape(classes)[0]
-        tokens = tf.zeros([batch, self.seq_len], tf.int32)
-        choose = lambda logits, pos: self._choose(  # noqa: E731
-            logits, pos, seed, temperature, top_k, top_p, cfg_scale, guided, batch
-        )
-        if use_cache:
-            shape = [self.seq_len, rows, self.num_heads, self.head_dim]
-            caches = [
-                (tf.zeros(shape, self.compute_dtype), tf.zeros(shape, self.compute_dtype))
-                for _ in range(self.num_layers)
-            ]
-            first = tf.gather(self.class_embedding, self.class_slots(classes))
-            x0 = tf.cast(
-                (first + self.positional_embedding()[0][None])[:, None], self.compute_dtype
-            )
-
-            def body(pos, x, tokens, caches):
-                logits, caches = self._logits_at(x, pos, caches)
-                t = choose(logits, pos)
-                tokens = tf.tensor_scatter_nd_update(tf.transpose(tokens), [[pos]], t[None])
-                tokens = tf.transpose(tokens)
-                t_rows = tf.concat([t, t], 0) if guided else t
-                nxt = tf.ensure_shape(self._next_input(t_rows, pos), x.shape)
-                return pos + 1, nxt, tokens, caches
-
-            _, _, tokens, _ = tf.while_loop(
-                lambda pos, *_: pos < steps,
-                body,
-                (tf.constant(0), x0, tokens, caches),
-                maximum_iterations=steps,
-            )
-        else:
-
-            def body(pos, tokens):
-                t_rows = tf.concat([tokens, tokens], 0) if guided else tokens
-                logits = tf.gather(self(t_rows, classes, training=False), pos, axis=1)
-                t = choose(logits, pos)
-                tokens = tf.transpose(
-                    tf.tensor_scatter_nd_update(tf.transpose(tokens), [[pos]], t[None])
-                )
-                return pos + 1, tokens
-
-            _, tokens = tf.while_loop(
-                lambda pos, *_: pos < steps,
-                body,
-                (tf.constant(0), tokens),
-                maximum_iterations=steps,
-            )
-        return tf.reshape(tokens, [batch, self.grid_size, self.grid_size])
 
     # ----------------------------------------------------------------- summaries
     def decode(self, tokens):
@@ -417,7 +351,11 @@ class VIM(TrainingProcedure):
             return {}
         classes = min(self.num_classes, 10) if self.num_classes else 1
         class_ids = tf.repeat(tf.range(classes, dtype=tf.int32), per_class)
-        return {"samples": (self.decode(self.sample_tokens(class_ids, seed=0)), classes)}
+        # The procedure part of this class (it moves above the sampling layer).
+        from vim_tf.sampling import decoding
+
+        tokens = decoding.sample_tokens(self, class_ids, seed=0)
+        return {"samples": (self.decode(tokens), classes)}
 
     def model_info(self):
         info = {
@@ -446,4 +384,3 @@ class VIM(TrainingProcedure):
             class_dropout=self.class_dropout,
         )
         return config
-

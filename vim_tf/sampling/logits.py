@@ -1,4 +1,5 @@
-"""Logit processing for autoregressive sampling: temperature, top-k, top-p, guidance, draws.
+"""Logit processing and draws of autoregressive sampling: temperature, top-k, top-p, guidance,
+counter-based categorical draws.
 
 Every function takes tensors for its knobs (so one traced graph serves any setting) and keeps
 static shapes (XLA-compilable).
@@ -7,18 +8,6 @@ static shapes (XLA-compilable).
 import tensorflow as tf
 
 NEG_INF = -1e9
-
-
-def check_sampling_args(temperature, top_k, top_p, cfg_scale):
-    """Python-side validation with messages that name the bad value."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if int(top_k) != top_k or top_k < 0:
-        raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
-    if cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale}")
 
 
 def apply_top_k(logits, k):

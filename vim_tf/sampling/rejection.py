@@ -1,5 +1,11 @@
-"""Classifier rejection sampling (PAPER.md): draw more candidates than needed, keep per class the
-ones the classifier scores most probable for their conditioning class."""
+"""Classifier rejection sampling (as in the paper's class-conditional results): draw more
+candidates than needed, keep per class the ones the classifier scores most probable for their
+conditioning class.
+
+The sampler is a `vim_tf.sampling.sampler.BatchSampler` (or anything with its `sample` /
+`sample_batches`); the scoring network has `activations(images, batch_size) -> (features,
+logits)` (a `vim_tf.eval.scores.ScoringNetwork`).
+"""
 
 import math
 
@@ -13,18 +19,20 @@ def class_probabilities(network, images, class_ids, batch_size=250):
     return _softmax(logits)[np.arange(len(class_ids)), np.asarray(class_ids)]
 
 
-def rejection_sample(sampler, network, plan, acceptance_rate, seed=0, batch_size=100, **kw):
+def rejection_sample(
+    sampler, network, plan, acceptance_rate, seed=0, batch_size=100, settings=None
+):
     """Samples `plan` (class id per wanted sample) keeping the best `acceptance_rate` fraction.
 
     For each class with n wanted samples, ceil(n / acceptance_rate) candidates are drawn and the n
     with the highest classifier probability of that class are kept.
 
     Args:
-      sampler: a `vim_tf.eval.generate.Sampler`.
+      sampler: a `vim_tf.sampling.sampler.BatchSampler`.
       network: a `vim_tf.eval.scores.ScoringNetwork`.
       plan: int [N] class ids, grouped by class.
       acceptance_rate: in (0, 1]; 1 keeps every draw.
-      **kw: sampling settings (temperature, top_k, top_p, cfg_scale).
+      seed, batch_size, settings: as in `BatchSampler.sample`.
 
     Returns:
       (tokens [N, h, w], images [N, H, W, 3], achieved acceptance rate = kept / drawn).
@@ -32,9 +40,9 @@ def rejection_sample(sampler, network, plan, acceptance_rate, seed=0, batch_size
     plan = np.asarray(plan, np.int32)
     classes, wanted, candidates = candidate_plan(plan, acceptance_rate)
     if acceptance_rate == 1.0:
-        tokens, images = sampler.sample(plan, seed=seed, batch_size=batch_size, **kw)
+        tokens, images = sampler.sample(plan, seed=seed, settings=settings, batch_size=batch_size)
         return tokens, images, 1.0
-    tokens, images = sampler.sample(candidates, seed=seed, batch_size=batch_size, **kw)
+    tokens, images = sampler.sample(candidates, seed=seed, settings=settings, batch_size=batch_size)
     probs = class_probabilities(network, images, candidates)
     keep = []
     for c, n in zip(classes, wanted):
@@ -64,7 +72,14 @@ def candidate_plan(plan, acceptance_rate):
 
 
 def stream_rejection_sample(
-    sampler, network, plan, acceptance_rate, seed=0, batch_size=100, network_batch_size=250, **kw
+    sampler,
+    network,
+    plan,
+    acceptance_rate,
+    seed=0,
+    batch_size=100,
+    network_batch_size=250,
+    settings=None,
 ):
     """`rejection_sample` that scores the candidates as they are drawn and keeps no image.
 
@@ -74,10 +89,10 @@ def stream_rejection_sample(
     then the best ones are yielded.
 
     Args:
-      sampler: has `sample_batches(class_ids, seed=, batch_size=, **kw)` yielding
-        (class_ids, tokens, images) per batch (`vim_tf.eval.generate.Sampler`).
+      sampler: has `sample_batches(class_ids, seed=, settings=, batch_size=)` yielding
+        (class_ids, tokens, images) per batch (a `vim_tf.sampling.sampler.BatchSampler`).
       network: a `vim_tf.eval.scores.ScoringNetwork`.
-      plan, acceptance_rate, seed, batch_size, **kw: as in `rejection_sample`.
+      plan, acceptance_rate, seed, batch_size, settings: as in `rejection_sample`.
       network_batch_size: images per forward pass of `network`.
 
     Yields:
@@ -96,9 +111,10 @@ def stream_rejection_sample(
         keep = np.argsort(-probs, kind="stable")[: want[held_class]]
         return features[keep], logits[keep], np.full(len(keep), held_class, np.int32)
 
-    for ids, _, images in sampler.sample_batches(
-        candidates, seed=seed, batch_size=batch_size, **kw
-    ):
+    batches = sampler.sample_batches(
+        candidates, seed=seed, settings=settings, batch_size=batch_size
+    )
+    for ids, _, images in batches:
         features, logits = network.activations(images, network_batch_size)
         del images
         for c in np.unique(ids):  # ids are sorted: candidates are grouped by class

@@ -1,0 +1,139 @@
+"""Batched sampling: class plans, guidance checks and the traced sampler of a prior network.
+
+A run samples a plan (one class id per sample) in batches; batch b draws with the seed
+`seeds.batch_seed(seed, b)`, so a run's samples depend on (seed, settings, batch_size) only,
+whichever `BatchSampler` draws them (in process, or through a served `generate` signature).
+"""
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from vim_tf.sampling import decoding, seeds
+from vim_tf.sampling.settings import SamplingSettings
+
+
+def class_plan(num_samples, num_classes, class_ids=None):
+    """Class id of every sample, grouped by class (a grid row per class).
+
+    Unconditional priors get None. Otherwise `num_samples` is split evenly over `class_ids`
+    (default: every class), in class order: int32 [num_samples].
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if num_classes == 0:
+        if class_ids:
+            raise ValueError("class_ids given, but the prior is unconditional")
+        return None
+    ids = list(range(num_classes)) if not class_ids else [int(c) for c in class_ids]
+    bad = [c for c in ids if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"class ids {bad} out of range: valid are 0..{num_classes - 1}")
+    per = int(np.ceil(num_samples / len(ids)))
+    return np.repeat(np.asarray(ids, np.int32), per)[:num_samples]
+
+
+def plan_ids(plan, num_samples):
+    """The class ids to feed the sampler: the plan, or zeros for an unconditional prior."""
+    return plan if plan is not None else np.zeros([num_samples], np.int32)
+
+
+def check_guidance(prior, cfg_scale):
+    """Classifier-free guidance needs a class-conditional prior trained with class dropout (its
+    null class is otherwise an untrained embedding, and guided samples are noise).
+
+    Args:
+      prior: has `num_classes` and `class_dropout` (a VIM network).
+      cfg_scale: the guidance scale asked for (named in the error).
+    """
+    if not prior.num_classes:
+        raise ValueError(
+            f"cfg_scale={cfg_scale}: classifier-free guidance needs a class-conditional prior; "
+            "this one is unconditional (use cfg_scale=1)"
+        )
+    if not prior.class_dropout:
+        raise ValueError(
+            f"cfg_scale={cfg_scale}: classifier-free guidance needs a prior trained with "
+            "VIM.class_dropout > 0; this one was trained with class_dropout=0, so its null class "
+            "is untrained (use cfg_scale=1, or retrain with e.g. VIM.class_dropout = 0.1)"
+        )
+
+
+class BatchSampler:
+    """Samples a plan in batches with the batch-seed rule; subclasses draw one batch.
+
+    Subclasses set `num_classes` (0: unconditional) and implement `draw_batch(class_ids, seed,
+    batch_index, settings) -> (tokens [B, h, w] int32, images [B, H, W, 3] float32 in [0, 1])`.
+    """
+
+    num_classes = 0
+
+    def check_guidance(self, cfg_scale):
+        """Raises ValueError when this sampler's prior cannot serve guidance at `cfg_scale`."""
+        raise NotImplementedError
+
+    def sample(self, class_ids, seed=0, settings=None, batch_size=100):
+        """Returns (tokens int32 [N, h, w], images float32 [N, H, W, 3]) of every batch."""
+        batches = list(self.sample_batches(class_ids, seed, settings, batch_size))
+        return np.concatenate([t for _, t, _ in batches]), np.concatenate([i for *_, i in batches])
+
+    def sample_batches(self, class_ids, seed=0, settings=None, batch_size=100):
+        """Yields (class_ids int32 [B], tokens int32 [B, h, w], images float32 [B, H, W, 3]) one
+        batch at a time (the batches of `sample`, with its seeds), holding no earlier batch.
+
+        Args:
+          class_ids: int [N], the plan (see `class_plan`; zeros for an unconditional prior).
+          seed: int, the run's seed; batch b draws with `seeds.batch_seed(seed, b)`.
+          settings: `SamplingSettings` (default: the paper's).
+          batch_size: samples per batch.
+        """
+        settings = SamplingSettings() if settings is None else settings
+        if settings.guided:
+            self.check_guidance(settings.cfg_scale)
+        n = len(class_ids)
+        for b, start in enumerate(range(0, n, batch_size)):
+            ids = np.asarray(class_ids[start : start + batch_size], np.int32)
+            tokens, images = self.draw_batch(ids, seed, b, settings)
+            logging.info("sampled %d/%d", min(start + batch_size, n), n)
+            yield ids, tokens, images
+
+
+class Sampler(BatchSampler):
+    """Traced, batched sampling from a prior network, decoded to images by a tokenizer.
+
+    Args:
+      prior: a built `vim_tf.models.vim.VIM` network.
+      tokenizer: has `decode(tokens [B, h, w]) -> images [B, H, W, 3] in [0, 1]` (the prior's
+        stage-1 ViT-VQGAN).
+      jit_compile: XLA-compile the sampling loop (the same tokens as without it).
+      use_cache: the key/value cache (False: recompute the prefix at every step; reference).
+    """
+
+    def __init__(self, prior, tokenizer, jit_compile=False, use_cache=True):
+        self.prior = prior
+        self.tokenizer = tokenizer
+        self.jit_compile = jit_compile
+        self.use_cache = use_cache
+        self.num_classes = prior.num_classes
+        self._fns = {}
+
+    def check_guidance(self, cfg_scale):
+        check_guidance(self.prior, cfg_scale)
+
+    def _fn(self, guided):
+        if guided not in self._fns:
+
+            def run(class_ids, seed, settings):
+                tokens = decoding.sample_tokens(
+                    self.prior, class_ids, seed, settings, guided=guided, use_cache=self.use_cache
+                )
+                return tokens, self.tokenizer.decode(tokens)
+
+            self._fns[guided] = tf.function(run, jit_compile=self.jit_compile)
+        return self._fns[guided]
+
+    def draw_batch(self, class_ids, seed, batch_index, settings):
+        tokens, images = self._fn(settings.guided)(
+            tf.constant(class_ids), seeds.batch_seed(seed, batch_index), settings.tensors()
+        )
+        return tokens.numpy(), images.numpy()
