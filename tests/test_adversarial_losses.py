@@ -4,8 +4,8 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
 from vim_tf.losses import adversarial
-from vim_tf.testing.test_case import TestCase
 
 REAL = np.array([2.0, -1.0, 0.5, 0.0], np.float32)
 FAKE = np.array([-3.0, 0.25, 1.5, -0.5], np.float32)

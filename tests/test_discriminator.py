@@ -7,10 +7,10 @@ import scipy.signal
 import tensorflow as tf
 from absl.testing import parameterized
 
+from testcase import TestCase
 from vim_tf.losses.adversarial import r1_penalty
 from vim_tf.models import discriminator as disc_lib
 from vim_tf.models.discriminator import StyleGANDiscriminator
-from vim_tf.testing.test_case import TestCase
 
 # ch(16) = 8, ch(8) = 16, ch(4) = min(32, 16) = 16.
 TINY = {"image_size": 16, "channel_base": 128, "channel_max": 16}

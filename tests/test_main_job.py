@@ -5,9 +5,9 @@ import os
 
 import numpy as np
 
+from testcase import TestCase
+from tiny import TINY_CLASSIFIER, TINY_VIM, TINY_VITVQGAN
 from vim_tf import main_job
-from vim_tf.testing.test_case import TestCase
-from vim_tf.testing.tiny import TINY_CLASSIFIER, TINY_VIM, TINY_VITVQGAN
 
 TRAIN_STAGES = {
     "train quantizer",

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vim_tf.testing.test_case import TestCase
+from testcase import TestCase
 from vim_tf.training import optimizers
 
 

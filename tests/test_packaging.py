@@ -22,8 +22,8 @@ import gin
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from testcase import TestCase
 from vim_tf.config import gin_utils
-from vim_tf.testing.test_case import TestCase
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -3,8 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
 from vim_tf.models import quantizer as q
-from vim_tf.testing.test_case import TestCase
 
 
 def brute_force_nearest(z, codebook, normalized=True):

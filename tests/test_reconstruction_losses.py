@@ -7,8 +7,8 @@ import scipy.stats
 import tensorflow as tf
 from absl.testing import parameterized
 
+from testcase import TestCase
 from vim_tf.losses import reconstruction
-from vim_tf.testing.test_case import TestCase
 
 
 def _random_batch(rng, shape=(2, 4, 4, 3)):

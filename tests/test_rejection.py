@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from testcase import TestCase
 from vim_tf.eval import rejection
-from vim_tf.testing.test_case import TestCase
 
 
 class FakeSampler:

@@ -3,8 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
 from vim_tf.models import sampling
-from vim_tf.testing.test_case import TestCase
 
 
 class SamplingTest(TestCase):

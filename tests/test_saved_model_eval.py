@@ -4,10 +4,10 @@ import os
 
 import gin
 
+from testcase import TestCase
+from tiny import TINY_CLASSIFIER, TINY_VIM, train_tiny_quantizer, with_data_dir
 from vim_tf.eval import evaluator
 from vim_tf.export import exporter
-from vim_tf.testing.test_case import TestCase
-from vim_tf.testing.tiny import TINY_CLASSIFIER, TINY_VIM, train_tiny_quantizer, with_data_dir
 from vim_tf.training import train_lib
 
 

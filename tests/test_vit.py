@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
 from vim_tf.models import vit
-from vim_tf.testing.test_case import TestCase
 
 
 class ViTTest(TestCase):
