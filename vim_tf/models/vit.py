@@ -5,7 +5,6 @@ keeps lists in containers that `tf.train.Checkpoint` does not follow, so a list 
 silently drop out of checkpoints.
 """
 
-import gin
 import keras
 import numpy as np
 from keras import ops
@@ -278,7 +277,6 @@ class _ViTStack(keras.layers.Layer):
         return config
 
 
-@gin.register
 class ViTEncoder(_ViTStack):
     """Image -> one vector per patch (the ViT-VQGAN encoder).
 
@@ -331,7 +329,6 @@ class ViTEncoder(_ViTStack):
         return self.ffn_out(ops.tanh(self.ffn_in(self.ln_out(x))))
 
 
-@gin.register
 class ViTDecoder(_ViTStack):
     """Per-token vectors -> image distribution parameters (the ViT-VQGAN decoder).
 
