@@ -8,14 +8,17 @@ IMAGE_SIZE and BATCH_SIZE, the embedded digits as DATASET) and a prior gets a tw
 quantizer; nothing here names a model class, so the check follows the configs as they change.
 """
 
+import importlib
 import inspect
 import os
+import pkgutil
 import sys
 
 import gin
 import keras
 from absl.testing import parameterized
 
+import vim_tf
 from testcase import TestCase
 from tiny import train_tiny_quantizer
 from vim_tf.config import gin_utils
@@ -243,3 +246,24 @@ class CheckerTest(TestCase):
     def test_unknown_parameter_of_a_keras_class_names_the_valid_ones(self):
         with self.assertRaisesRegex(ValueError, r"unknown gin parameter _Layer\.widht.*'width'"):
             gin_utils.parse([], ["_Layer.widht = 3"])
+
+
+class DiscoveryTest(TestCase):
+    def test_configurable_modules_are_the_modules_that_register(self):
+        # Import every module (the binaries define flags on import: they register nothing) and
+        # ask gin which of their objects are configurable.
+        registering = set()
+        for info in pkgutil.walk_packages(vim_tf.__path__, "vim_tf."):
+            if info.ispkg or info.name.startswith("vim_tf.bin."):
+                continue
+            module = importlib.import_module(info.name)
+            for obj in list(vars(module).values()):
+                if not callable(obj) or getattr(obj, "__module__", None) != info.name:
+                    continue
+                try:
+                    gin.get_configurable(obj)
+                except ValueError:
+                    continue
+                registering.add(info.name)
+        self.assertIn("vim_tf.training.trainer", registering)
+        self.assertEqual(set(gin_utils.configurable_modules()), registering)
