@@ -64,7 +64,8 @@ class _Pipeline:
         self.samples_dir = fs.join(self.out, "samples")
 
     def stage(self, label, tool, flags, fn):
-        """Prints the command `vim-<tool> flags` does the same as `fn()`, runs `fn()`, times it."""
+        """Prints the command that does what `fn()` does (`vim-<tool> flags`), runs `fn()` in a
+        fresh gin and Keras state and records its seconds under `label`."""
         command = shlex.join([f"vim-{tool.replace('_', '-')}", *flags])
         print(f"\n$ {command}", flush=True)
         _fresh_start()
