@@ -267,3 +267,15 @@ class DiscoveryTest(TestCase):
                 registering.add(info.name)
         self.assertIn("vim_tf.training.trainer", registering)
         self.assertEqual(set(gin_utils.configurable_modules()), registering)
+
+
+class UnknownParameterTest(TestCase):
+    def test_lists_only_the_parameters_a_binding_may_set(self):
+        # `train` takes model_dir and strategy from its caller (denylisted): not offered.
+        with self.assertRaises(ValueError) as cm:
+            gin_utils.parse([], ["train.trian_steps = 5"])
+        message = str(cm.exception)
+        self.assertIn("Valid parameters of train: [", message)
+        self.assertIn("'train_steps'", message)
+        self.assertNotIn("'model_dir'", message)
+        self.assertNotIn("'strategy'", message)
