@@ -5,10 +5,10 @@ import os
 
 import tensorflow as tf
 
+from testcase import TestCase
+from tiny import TINY_CLASSIFIER, with_data_dir
 from vim_tf.config import gin_utils
 from vim_tf.data import input_pipeline
-from vim_tf.testing.test_case import TestCase
-from vim_tf.testing.tiny import TINY_CLASSIFIER, with_data_dir
 from vim_tf.training import actions, trainer
 
 

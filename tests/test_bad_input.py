@@ -26,10 +26,10 @@ import numpy as np
 from absl.testing import parameterized
 from PIL import Image
 
+from testcase import TestCase
+from tiny import TINY_CLASSIFIER, TINY_VIM, tiny_vitvqgan_bindings, with_data_dir
 from vim_tf.data import folder
 from vim_tf.data import input_pipeline as ip
-from vim_tf.testing.test_case import TestCase
-from vim_tf.testing.tiny import TINY_CLASSIFIER, TINY_VIM, tiny_vitvqgan_bindings, with_data_dir
 from vim_tf.training import train_lib
 from vim_tf.utils import cli
 from vim_tf.utils import model_dir as model_dir_lib

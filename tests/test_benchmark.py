@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vim_tf import benchmark
-from vim_tf.testing.test_case import TestCase
+from testcase import TestCase
+from vim_tf.reports import benchmark
 from vim_tf.utils import model_dir
 
 

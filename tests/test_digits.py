@@ -9,9 +9,9 @@ import tensorflow_datasets as tfds
 from absl.testing import parameterized
 from sklearn.datasets import load_digits
 
+from network_guard import NetworkGuard
+from testcase import TestCase
 from vim_tf.data import digits
-from vim_tf.testing.network_guard import NetworkGuard
-from vim_tf.testing.test_case import TestCase
 
 
 def hand_images(resolution_8_values):

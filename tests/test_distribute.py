@@ -20,9 +20,9 @@ from unittest import mock
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
 from vim_tf.data import digits, tokens
 from vim_tf.data import input_pipeline as ip
-from vim_tf.testing.test_case import TestCase
 from vim_tf.training import distribute
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,13 +36,13 @@ def _tail(text, lines=40):
 
 
 class MirroredMatchesOneDeviceTest(TestCase):
-    """vim_tf/testing/distribute_check.py: the same 3 global batches of 8, trained by the trainer
+    """tests/distribute_check.py: the same 3 global batches of 8, trained by the trainer
     on one device and on MirroredStrategy(['/cpu:0', '/cpu:1']) (4 examples per replica)."""
 
     def _check(self, case):
         out = os.path.join(self.get_temp_dir(), f"{case}.npz")
         proc = subprocess.run(
-            [sys.executable, "-m", "vim_tf.testing.distribute_check", f"--case={case}"]
+            [sys.executable, os.path.join(REPO, "tests", "distribute_check.py"), f"--case={case}"]
             + [f"--output={out}"],
             cwd=REPO,
             capture_output=True,
@@ -148,7 +148,7 @@ def _free_ports(n):
 
 class MultiWorkerTest(TestCase):
     """Two `tools/train.py --strategy=multi_worker` processes on localhost train a tiny stage-1
-    model (through vim_tf/testing/multi_worker.py, which dumps each worker's final weights)."""
+    model (through tests/multi_worker.py, which dumps each worker's final weights)."""
 
     def _run_workers(self, model_dir, data_dir, out_dir, train_steps):
         ports = _free_ports(2)
@@ -188,7 +188,7 @@ class MultiWorkerTest(TestCase):
             procs.append(
                 (
                     subprocess.Popen(
-                        [sys.executable, "-m", "vim_tf.testing.multi_worker"]
+                        [sys.executable, os.path.join(REPO, "tests", "multi_worker.py")]
                         + [f"--weights_out={weights}", "--", *flags],
                         cwd=REPO,
                         env=env,

@@ -19,13 +19,13 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
+from tiny import TINY_CLASSIFIER, TINY_VIM, tiny_vitvqgan_bindings, with_data_dir
 from vim_tf.eval import evaluator, networks
 from vim_tf.eval.scores import ScoringNetwork
 from vim_tf.export import exporter
 from vim_tf.sampling.sampler import Sampler
 from vim_tf.sampling.settings import SamplingSettings
-from vim_tf.testing.test_case import TestCase
-from vim_tf.testing.tiny import TINY_CLASSIFIER, TINY_VIM, tiny_vitvqgan_bindings, with_data_dir
 from vim_tf.training import train_lib
 from vim_tf.utils import images as image_utils
 

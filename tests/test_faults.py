@@ -16,10 +16,10 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
+from tiny import tiny_vitvqgan_bindings
 from vim_tf.config import gin_utils
 from vim_tf.data import input_pipeline
-from vim_tf.testing.test_case import TestCase
-from vim_tf.testing.tiny import tiny_vitvqgan_bindings
 from vim_tf.training import guard, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -216,7 +216,7 @@ class ProcessFaultTest(_Base):
             with self.subTest(fault):
                 model_dir = os.path.join(self.get_temp_dir(), fault.strip("-").split("=")[0])
                 killed = self._run(
-                    ["-m", "vim_tf.testing.faults", fault, "--", *self._flags(model_dir)]
+                    [os.path.join("tests", "faults.py"), fault, "--", *self._flags(model_dir)]
                 )
                 self.assertEqual(killed.returncode, -signal.SIGKILL, killed.stderr[-3000:])
                 # The save was cut short: its files are there, but nothing names them.

@@ -9,16 +9,16 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from vim_tf.config import gin_utils
-from vim_tf.data import input_pipeline
-from vim_tf.testing.test_case import TestCase
-from vim_tf.testing.tiny import (
+from testcase import TestCase
+from tiny import (
     TINY_CLASSIFIER,
     TINY_VIM,
     tiny_vitvqgan_bindings,
     train_tiny_quantizer,
     with_data_dir,
 )
+from vim_tf.config import gin_utils
+from vim_tf.data import input_pipeline
 from vim_tf.training import fit as fit_lib
 from vim_tf.training import guard, trainer
 

@@ -8,9 +8,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from testcase import TestCase
 from vim_tf.data import folder
 from vim_tf.data import input_pipeline as ip
-from vim_tf.testing.test_case import TestCase
 
 RGB = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255]], [[10, 20, 30], [40, 50, 60], [7, 8, 9]]])
 

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from vim_tf.testing.test_case import TestCase
+from testcase import TestCase
 from vim_tf.training import trainer
 from vim_tf.utils import fs
 from vim_tf.utils import model_dir as model_dir_lib

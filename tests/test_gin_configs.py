@@ -6,9 +6,9 @@ import tempfile
 import gin
 from absl.testing import parameterized
 
+from testcase import TestCase
 from vim_tf.config import gin_utils
-from vim_tf.models import param_counts
-from vim_tf.testing.test_case import TestCase
+from vim_tf.reports import param_counts
 
 EXPERIMENTS = [n for n in gin_utils.shipped_configs() if n.startswith("experiments/")]
 REPO_GIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")

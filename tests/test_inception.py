@@ -21,8 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
 from vim_tf.eval import inception, networks, scores
-from vim_tf.testing.test_case import TestCase
 
 
 def write_fake_frozen_graph(path, features=2048, classes=1008, seed=0):

@@ -10,10 +10,10 @@ import tensorflow as tf
 from absl.testing import parameterized
 from sklearn.datasets import load_digits
 
+from network_guard import NetworkGuard
+from testcase import TestCase
 from vim_tf.data import digits
 from vim_tf.data import input_pipeline as ip
-from vim_tf.testing.network_guard import NetworkGuard
-from vim_tf.testing.test_case import TestCase
 
 GIN_FILE = os.path.join(os.path.dirname(__file__), "..", "gin", "datasets", "digits.gin")
 

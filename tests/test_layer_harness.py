@@ -13,6 +13,7 @@ import gin
 import keras
 import numpy as np
 import pytest
+
 import tiny_configs as tiny
 from layer_harness import (
     LayerSpec,
@@ -25,7 +26,6 @@ from layer_harness import (
     check_shape_and_weights,
     run_layer_test,
 )
-
 from vim_tf.losses.perceptual import PerceptualLoss
 from vim_tf.models import discriminator as disc
 from vim_tf.models import quantizer, randomness, vit

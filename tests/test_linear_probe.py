@@ -8,10 +8,10 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
+from tiny import TINY_VIM, train_tiny_quantizer, with_data_dir
 from vim_tf.eval import linear_probe
 from vim_tf.models.vim import VIM
-from vim_tf.testing.test_case import TestCase
-from vim_tf.testing.tiny import TINY_VIM, train_tiny_quantizer, with_data_dir
 from vim_tf.training import train_lib
 
 

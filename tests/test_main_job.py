@@ -5,9 +5,9 @@ import os
 
 import numpy as np
 
+from testcase import TestCase
+from tiny import TINY_CLASSIFIER, TINY_VIM, TINY_VITVQGAN
 from vim_tf import main_job
-from vim_tf.testing.test_case import TestCase
-from vim_tf.testing.tiny import TINY_CLASSIFIER, TINY_VIM, TINY_VITVQGAN
 
 TRAIN_STAGES = {
     "train quantizer",
@@ -84,3 +84,12 @@ class MainJobTest(TestCase):
         self.assertEqual(
             set(third["stage_times"]), TRAIN_STAGES | {"evaluate prior, rejection 0.5"}
         )
+
+    def test_a_stage_that_fails_names_itself_and_its_cause(self):
+        out = os.path.join(self.get_temp_dir(), "bad")
+        with self.assertRaisesRegex(main_job.StageFailed, r"'train quantizer'.*vim-train"):
+            main_job.run(out, ["TRAIN_STEPS = 'six'"])
+        # The failed stage's own message comes through, and nothing after it ran.
+        with self.assertRaisesRegex(main_job.StageFailed, "TRAIN_STEPS"):
+            main_job.run(out, ["TRAIN_STEPS = 'six'"])
+        self.assertFalse(os.path.exists(os.path.join(out, "classifier")))

@@ -7,12 +7,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
+from tiny import tiny_vitvqgan_bindings
 from vim_tf.losses import adversarial
 from vim_tf.models.vim import VIM
 from vim_tf.models.vit import patchify
 from vim_tf.models.vitvqgan import ViTVQGAN
-from vim_tf.testing.test_case import TestCase
-from vim_tf.testing.tiny import tiny_vitvqgan_bindings
 from vim_tf.training import optimizers, precision, train_lib
 
 STACK = {"num_layers": 1, "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32}

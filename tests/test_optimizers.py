@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from vim_tf.testing.test_case import TestCase
+from testcase import TestCase
 from vim_tf.training import optimizers
 
 

@@ -22,10 +22,11 @@ import gin
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from testcase import TestCase
 from vim_tf.config import gin_utils
-from vim_tf.testing.test_case import TestCase
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = gin_utils.CONFIG_PACKAGE
 
 # Written as sitecustomize.py into a folder put first on PYTHONPATH: Python imports it at start-up,
 # before the command runs.
@@ -197,6 +198,17 @@ class DeclaredDependenciesTest(TestCase):
                         if top not in allowed:
                             undeclared.setdefault(top, []).append(os.path.relpath(path, REPO))
         self.assertEqual(undeclared, {})
+
+    def test_declared_packages_are_the_package_folders(self):
+        # Every folder of vim_tf with an __init__.py, plus the data-only config folder; nothing
+        # test-only (test programs and the test base live in tests/).
+        folders = {
+            os.path.relpath(root, REPO).replace(os.sep, ".")
+            for root, _, files in os.walk(os.path.join(REPO, "vim_tf"))
+            if "__init__.py" in files
+        }
+        self.assertEqual(set(pyproject()["tool"]["setuptools"]["packages"]), folders | {CONFIGS})
+        self.assertNotIn("vim_tf.testing", folders)
 
     def test_test_only_packages_are_not_runtime_dependencies(self):
         runtime = {canonicalize_name(r.name) for r in declared_requirements()}

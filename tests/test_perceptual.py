@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
 from vim_tf.losses.perceptual import DEFAULT_FEATURE_LAYERS, PerceptualLoss
-from vim_tf.testing.test_case import TestCase
 
 
 def _write_legacy_notop_h5(model, path):

@@ -5,11 +5,11 @@ Its config round trip, checkpoint coverage and dtype policy are in test_layer_ha
 
 import numpy as np
 import tensorflow as tf
-import tiny_configs as tiny
 from absl.testing import parameterized
 
+import tiny_configs as tiny
+from testcase import TestCase
 from vim_tf.models import quantizer as q
-from vim_tf.testing.test_case import TestCase
 
 
 def brute_force_nearest(z, codebook, normalized=True):

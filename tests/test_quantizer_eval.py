@@ -4,8 +4,8 @@ fake scoring network: every metric against a hand computation over the whole spl
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
 from vim_tf.eval import quantizer_eval, scores
-from vim_tf.testing.test_case import TestCase
 
 CODEBOOK = 4
 

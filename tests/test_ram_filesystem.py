@@ -26,11 +26,11 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
+from tiny import TINY_VIM, train_tiny_quantizer, with_data_dir
 from vim_tf.data import digits, tokens
 from vim_tf.eval import evaluator, generate
 from vim_tf.export import exporter
-from vim_tf.testing.test_case import TestCase
-from vim_tf.testing.tiny import TINY_VIM, train_tiny_quantizer, with_data_dir
 from vim_tf.training import train_lib
 from vim_tf.utils import fs
 from vim_tf.utils import model_dir as model_dir_lib

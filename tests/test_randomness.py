@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
 from vim_tf.models.randomness import ReplicaDropout
-from vim_tf.testing.test_case import TestCase
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

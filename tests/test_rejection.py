@@ -2,9 +2,9 @@
 
 import numpy as np
 
+from testcase import TestCase
 from vim_tf.sampling import rejection
 from vim_tf.sampling.settings import SamplingSettings
-from vim_tf.testing.test_case import TestCase
 
 
 class FakeSampler:

@@ -7,12 +7,12 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
+from testcase import TestCase
 from vim_tf.models.vim import VIM
 from vim_tf.sampling import decoding, seeds
 from vim_tf.sampling import logits as sampling
 from vim_tf.sampling.sampler import Sampler, class_plan
 from vim_tf.sampling.settings import SamplingSettings, split_seed
-from vim_tf.testing.test_case import TestCase
 
 
 def make_prior(num_classes=3, **kw):

@@ -9,9 +9,9 @@ import scipy.linalg
 import tensorflow as tf
 from absl.testing import parameterized
 
+from testcase import TestCase
 from vim_tf.eval import scores
 from vim_tf.models.classifier import ImageClassifier
-from vim_tf.testing.test_case import TestCase
 
 
 def scipy_fid(a, b):

@@ -8,11 +8,11 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
+from tiny import TINY_CLASSIFIER, TINY_VIM, train_tiny_quantizer, with_data_dir
 from vim_tf.eval import evaluator, generate
 from vim_tf.sampling.sampler import Sampler
 from vim_tf.sampling.settings import SamplingSettings, split_seed
-from vim_tf.testing.test_case import TestCase
-from vim_tf.testing.tiny import TINY_CLASSIFIER, TINY_VIM, train_tiny_quantizer, with_data_dir
 from vim_tf.training import train_lib
 from vim_tf.utils import model_dir as model_dir_lib
 

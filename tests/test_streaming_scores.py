@@ -8,9 +8,9 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
 from vim_tf.eval import prior_eval, scores, streaming_scores
 from vim_tf.sampling import rejection
-from vim_tf.testing.test_case import TestCase
 
 
 def uneven_batches(n, sizes=(1, 7, 2, 13, 5)):

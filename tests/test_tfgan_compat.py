@@ -7,8 +7,8 @@ from unittest import mock
 
 import numpy as np
 
+from testcase import TestCase
 from vim_tf.eval import tfgan_compat
-from vim_tf.testing.test_case import TestCase
 
 
 def _tfgan_keys():

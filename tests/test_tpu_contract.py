@@ -12,7 +12,7 @@ import sys
 
 from absl.testing import parameterized
 
-from vim_tf.testing.test_case import TestCase
+from testcase import TestCase
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAM = os.path.join(REPO, "tests", "tpu_contract_check.py")

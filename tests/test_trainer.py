@@ -9,10 +9,10 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from testcase import TestCase
+from tiny import tiny_vitvqgan_bindings
 from vim_tf.config import gin_utils
 from vim_tf.eval import evaluator
-from vim_tf.testing.test_case import TestCase
-from vim_tf.testing.tiny import tiny_vitvqgan_bindings
 from vim_tf.training import train_lib, trainer
 from vim_tf.utils import model_dir as model_dir_lib
 

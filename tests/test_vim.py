@@ -4,9 +4,9 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
+import xla_check
+from testcase import TestCase
 from vim_tf.models.vim import VIM
-from vim_tf.testing import xla_check
-from vim_tf.testing.test_case import TestCase
 from vim_tf.training import optimizers
 
 

@@ -7,11 +7,11 @@ test_layer_harness.py.
 import keras
 import numpy as np
 import tensorflow as tf
-import tiny_configs as tiny
 from absl.testing import parameterized
 
+import tiny_configs as tiny
+from testcase import TestCase
 from vim_tf.models import vit
-from vim_tf.testing.test_case import TestCase
 
 
 class ViTTest(TestCase, parameterized.TestCase):

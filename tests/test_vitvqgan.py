@@ -3,10 +3,10 @@
 import numpy as np
 import tensorflow as tf
 
+import xla_check
+from testcase import TestCase
 from vim_tf.losses import adversarial
 from vim_tf.models.vitvqgan import ViTVQGAN
-from vim_tf.testing import xla_check
-from vim_tf.testing.test_case import TestCase
 from vim_tf.training import optimizers
 
 STACK = {"num_layers": 1, "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32}

@@ -154,8 +154,8 @@ def run_case(case, work_dir, xla=True):
     import gin
     import tensorflow as tf
 
+    import distribute_check
     from vim_tf.config import gin_utils
-    from vim_tf.testing import distribute_check
     from vim_tf.training import trainer
 
     gin_file, bindings, needs_quantizer = CASES[case]

@@ -1,39 +1,33 @@
 """The README's main job: the whole pipeline on the embedded digits, stage by stage.
 
-Each stage runs the same binary a user would run (`python -m vim_tf.bin.<name>`, the `vim-<name>`
-console script; printed before it starts) in its own process, so the output is a set of ordinary
-model dirs. A stage whose result is already there is reused, not redone:
-training resumes (and stops at once when finished); an evaluation or sampling output newer than
-its model's newest checkpoint is kept.
+Each stage calls, in this process, the library function behind one binary; the equivalent
+command (`vim-<name> ...`, also `python tools/<name>.py ...`) is printed before the stage starts,
+so the output is a set of ordinary model dirs that every tool reads. Every stage starts from a
+clean gin config and a fresh Keras session, as it would in a process of its own. A stage whose
+result is already there is reused, not redone: training resumes (and stops at once when
+finished); an evaluation, sampling or export output newer than its model's newest checkpoint is
+kept.
 """
 
+import gc
 import shlex
-import subprocess
-import sys
 import time
 
-from vim_tf.utils import fs
+import gin
+
+from vim_tf.utils import cli, fs
 
 # Classifier-free guidance scale of the guided evaluation and the sample grid.
 CFG_SCALE = 2.0
+# Prior samples behind each score of a prior, and in the sample grid.
+NUM_SCORED_SAMPLES = 1000
+NUM_GRID_SAMPLES = 100
+# The paper's sampling (temperature 1, no top-k, top-p or guidance), seed 0: the binaries' defaults.
+DEFAULT_SAMPLING = dict(temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0, seed=0)
 
 
 class StageFailed(RuntimeError):
-    """A stage's command exited non-zero; its own output above says why."""
-
-
-def _run(args):
-    """Runs the binary `vim_tf.bin.<args[0]>` with the flags `args[1:]`; returns its seconds."""
-    cmd = [sys.executable, "-m", f"vim_tf.bin.{args[0]}", *args[1:]]
-    print(f"\n$ {shlex.join(cmd)}", flush=True)
-    t = time.time()
-    result = subprocess.run(cmd)
-    if result.returncode != 0:
-        raise StageFailed(
-            f"the stage `{shlex.join(cmd[1:])}` failed with exit status {result.returncode} (its "
-            "output is above); finished stages are kept and reused when you rerun the main job"
-        )
-    return time.time() - t
+    """A stage stopped on a user error (a bad binding, a missing file, ...); says which and why."""
 
 
 def _fresh(output, model_dir):
@@ -42,175 +36,299 @@ def _fresh(output, model_dir):
     return fs.exists(output) and fs.exists(ckpt) and fs.mtime(output) >= fs.mtime(ckpt)
 
 
+def _fresh_start():
+    """Clears what one stage leaves behind for the next: gin's bindings (each stage parses its
+    own config) and Keras's session (layer names, graphs and freed models)."""
+    import keras
+
+    gin.clear_config()
+    keras.backend.clear_session()
+    gc.collect()
+
+
+def _export_versions(export_dir):
+    return [v for v in fs.listdir(export_dir) if v.isdigit()] if fs.isdir(export_dir) else []
+
+
 class _Pipeline:
+    """The model dirs of one main job and the stages that fill them."""
+
     def __init__(self, output_dir, extra_bindings):
         self.out = fs.abspath(output_dir)
-        self.bindings = [f"--gin_bindings={b}" for b in extra_bindings]
+        self.bindings = list(extra_bindings)
         self.timings = {}
+        self.q_dir, self.c_dir = fs.join(self.out, "quantizer"), fs.join(self.out, "classifier")
+        self.prior_dir = fs.join(self.out, "prior")
+        self.uncond_dir = fs.join(self.out, "prior_uncond")
+        self.token_dir = fs.join(self.out, "tokens")
+        self.samples_dir = fs.join(self.out, "samples")
 
-    def train(self, label, experiment, model_dir, *flags):
-        self.timings[label] = _run(
-            [
-                "train",
-                f"--gin_file=experiments/{experiment}",
-                f"--model_dir={model_dir}",
-                *flags,
-                *self.bindings,
-            ]
+    def stage(self, label, tool, flags, fn):
+        """Prints the command that does what `fn()` does (`vim-<tool> flags`), runs `fn()` in a
+        fresh gin and Keras state and records its seconds under `label`."""
+        command = shlex.join([f"vim-{tool.replace('_', '-')}", *flags])
+        print(f"\n$ {command}", flush=True)
+        _fresh_start()
+        start = time.time()
+        try:
+            result = fn()
+        except cli.USER_ERRORS as e:
+            raise StageFailed(
+                f"the stage {label!r} (`{command}`) failed: {e}\nfinished stages are kept and "
+                "reused when you rerun the main job"
+            ) from e
+        finally:
+            _fresh_start()
+        self.timings[label] = time.time() - start
+        return result
+
+    def train(self, label, experiment, model_dir, quantizer_dir=None, bindings=()):
+        from vim_tf.training import train_lib
+
+        gin_file = f"experiments/{experiment}"
+        bindings = [*bindings, *self.bindings]
+        flags = [f"--gin_file={gin_file}", f"--model_dir={model_dir}"]
+        flags += [f"--quantizer_dir={quantizer_dir}"] if quantizer_dir else []
+        flags += [f"--gin_bindings={b}" for b in bindings]
+        self.stage(
+            label,
+            "train",
+            flags,
+            lambda: train_lib.run(model_dir, [gin_file], bindings, quantizer_dir=quantizer_dir),
         )
 
-    def once(self, label, output, model_dir, args):
-        """Runs `args` unless `output` is newer than model_dir's newest checkpoint."""
-        if not _fresh(output, model_dir):
-            self.timings[label] = _run(args)
-        if output.endswith(".json"):
+    def evaluate(self, label, model_dir, output, classifier=None, prior_scores=None, **sampling):
+        """Scores `model_dir` into `output` unless that is newer than its newest checkpoint;
+        returns the metrics.
+
+        Args:
+          prior_scores: for a prior, {acceptance_rate, fid_floor_split} (optional keys); its
+            samples are NUM_SCORED_SAMPLES drawn with the settings `sampling` (cfg_scale).
+        """
+        from vim_tf.eval import evaluator
+
+        if _fresh(output, model_dir):
             return fs.read_json(output)
-        return None
-
-
-def run(output_dir, extra_bindings=()):
-    """Runs every stage into `output_dir` and prints a summary; returns the summary dict."""
-    p = _Pipeline(output_dir, extra_bindings)
-    start = time.time()
-    q_dir, c_dir = fs.join(p.out, "quantizer"), fs.join(p.out, "classifier")
-    prior_dir, uncond_dir = fs.join(p.out, "prior"), fs.join(p.out, "prior_uncond")
-    samples_dir = fs.join(p.out, "samples")
-
-    p.train("train quantizer", "digits_vitvqgan.gin", q_dir)
-    p.train("train classifier", "digits_classifier.gin", c_dir)
-    c_metrics = p.once(
-        "evaluate classifier",
-        fs.join(c_dir, "metrics.json"),
-        c_dir,
-        [
+        flags = [f"--model_dir={model_dir}", f"--output={output}"]
+        flags += [f"--classifier={classifier}"] if classifier else []
+        kwargs = {}
+        if prior_scores is not None:
+            kwargs = dict(
+                num_samples=NUM_SCORED_SAMPLES,
+                acceptance_rate=prior_scores.get("acceptance_rate", 1.0),
+                floor_split=prior_scores.get("fid_floor_split"),
+                sampling=dict(DEFAULT_SAMPLING, **sampling),
+            )
+            flags.append(f"--num_samples={NUM_SCORED_SAMPLES}")
+            flags += [f"--{k}={v}" for k, v in {**prior_scores, **sampling}.items()]
+        self.stage(
+            label,
             "evaluate",
-            f"--model_dir={c_dir}",
-            f"--output={fs.join(c_dir, 'metrics.json')}",
-        ],
-    )
-    q_json = fs.join(q_dir, "metrics.json")
-    q_metrics = p.once(
-        "evaluate quantizer",
-        q_json,
-        q_dir,
-        [
-            "evaluate",
-            f"--model_dir={q_dir}",
-            f"--output={q_json}",
-            f"--classifier={c_dir}",
-        ],
-    )
-    # The priors train on token shards written once (digits get no random augmentation, so these
-    # are the tokens the encoder would give on the fly, without re-encoding every step).
-    token_dir = fs.join(p.out, "tokens")
-    if not _fresh(fs.join(token_dir, "tokens_info.json"), q_dir):
-        p.timings["encode tokens"] = _run(
-            ["encode", f"--quantizer_dir={q_dir}", f"--output_dir={token_dir}"]
+            flags,
+            lambda: evaluator.evaluate(model_dir, output, classifier, **kwargs),
         )
-    tokens_flags = (f"--quantizer_dir={q_dir}", f"--gin_bindings=TOKEN_DIR = '{token_dir}'")
-    p.train("train prior", "digits_vim_tokens.gin", prior_dir, *tokens_flags)
+        return fs.read_json(output)
 
-    def score_prior(label, output, *flags):
-        """1,000 prior samples scored by the classifier (plus the test NLL)."""
-        args = [f"--model_dir={prior_dir}", f"--output={output}", f"--classifier={c_dir}"]
-        return p.once(label, output, prior_dir, ["evaluate", *args, "--num_samples=1000", *flags])
+    def encode_tokens(self):
+        from vim_tf.data import tokens
 
-    p_json = fs.join(prior_dir, "metrics.json")
-    p_metrics = score_prior("evaluate prior", p_json, "--fid_floor_split=train")
-    r_json = fs.join(prior_dir, "metrics_acceptance_0.5.json")
-    r_metrics = score_prior("evaluate prior, rejection 0.5", r_json, "--acceptance_rate=0.5")
-    # The prior trains with class dropout; classifier-free guidance at this scale is the setting
-    # digits_vim.gin recommends (the unguided scores above are the paper's setting).
-    g_json = fs.join(prior_dir, f"metrics_cfg_{CFG_SCALE:g}.json")
-    g_metrics = score_prior(
-        f"evaluate prior, guidance {CFG_SCALE:g}", g_json, f"--cfg_scale={CFG_SCALE}"
-    )
-    p.once(
-        "sample grid",
-        fs.join(samples_dir, "samples.npz"),
-        prior_dir,
-        [
-            "sample",
-            f"--model_dir={prior_dir}",
-            f"--output_dir={samples_dir}",
-            "--num_samples=100",
+        if _fresh(fs.join(self.token_dir, "tokens_info.json"), self.q_dir):
+            return
+        flags = [f"--quantizer_dir={self.q_dir}", f"--output_dir={self.token_dir}"]
+        self.stage(
+            "encode tokens",
+            "encode",
+            flags,
+            lambda: tokens.encode_splits(self.q_dir, self.token_dir),
+        )
+
+    def sample_grid(self):
+        from vim_tf.eval import generate
+
+        if _fresh(fs.join(self.samples_dir, "samples.npz"), self.prior_dir):
+            return
+        flags = [
+            f"--model_dir={self.prior_dir}",
+            f"--output_dir={self.samples_dir}",
+            f"--num_samples={NUM_GRID_SAMPLES}",
             "--seed=0",
             f"--cfg_scale={CFG_SCALE}",
-        ],
-    )
-    p.train("train unconditional prior", "digits_vim_uncond_tokens.gin", uncond_dir, *tokens_flags)
-    probe_json = fs.join(uncond_dir, "probe.json")
-    probe = p.once(
-        "linear probe",
-        probe_json,
-        uncond_dir,
-        ["linear_probe", f"--model_dir={uncond_dir}", f"--output={probe_json}"],
-    )
+        ]
 
-    exports = {}
-    for name, model_dir in (("quantizer", q_dir), ("prior", prior_dir), ("classifier", c_dir)):
-        export_dir = fs.join(p.out, "export", name)
-        versions = (
-            [v for v in fs.listdir(export_dir) if v.isdigit()] if fs.isdir(export_dir) else []
-        )
+        def fn():
+            return generate.generate(
+                self.prior_dir,
+                self.samples_dir,
+                NUM_GRID_SAMPLES,
+                seed=0,
+                cfg_scale=CFG_SCALE,
+            )
+
+        self.stage("sample grid", "sample", flags, fn)
+
+    def linear_probe(self, output):
+        from vim_tf.eval import linear_probe
+
+        if not _fresh(output, self.uncond_dir):
+            flags = [f"--model_dir={self.uncond_dir}", f"--output={output}"]
+            self.stage(
+                "linear probe",
+                "linear_probe",
+                flags,
+                lambda: linear_probe.run_linear_probe(self.uncond_dir, output),
+            )
+        return fs.read_json(output)
+
+    def export(self, name, model_dir):
+        """Exports `model_dir` unless its newest export is newer than its newest checkpoint;
+        returns the newest version dir."""
+        from vim_tf.export import exporter
+
+        export_dir = fs.join(self.out, "export", name)
+        versions = _export_versions(export_dir)
         # export_info.json is the last file of a version (a dir has no mtime on object stores).
         newest = max(versions, key=int) if versions else None
         if not newest or not _fresh(fs.join(export_dir, newest, "export_info.json"), model_dir):
-            p.timings[f"export {name}"] = _run(
-                ["export", f"--model_dir={model_dir}", f"--export_dir={export_dir}"]
+            flags = [f"--model_dir={model_dir}", f"--export_dir={export_dir}"]
+            self.stage(
+                f"export {name}",
+                "export",
+                flags,
+                lambda: exporter.export_model_dir(model_dir, export_dir),
             )
-            versions = [v for v in fs.listdir(export_dir) if v.isdigit()]
-        exports[name] = fs.join(export_dir, max(versions, key=int))
+            versions = _export_versions(export_dir)
+        return fs.join(export_dir, max(versions, key=int))
 
-    total = time.time() - start
-    print("\n== vim_tf main job: summary ==")
-    print(f"quantizer (test split, {q_metrics['num_images']} images)")
-    for k in ("psnr", "ssim", "l1", "l2", "codebook_usage", "perplexity", "rfid"):
-        print(f"  {k:<28} {q_metrics[k]:>10.4f}")
-    print(f"class-conditional prior ({p_metrics['num_samples']} samples)")
-    for k in ("nll_bits_per_token", "fid", "fid_floor", "inception_score", "kid", "class_accuracy"):
-        print(f"  {k:<28} {p_metrics[k]:>10.4f}")
-    print(
-        f"  {'min per-class accuracy':<28} {min(p_metrics['class_accuracy_per_class'].values()):>10.4f}"
+
+def _score_priors(p):
+    """The class-conditional prior's scores: unguided (the paper's setting, with the FID floor),
+    with rejection sampling at rate 0.5, and with classifier-free guidance at CFG_SCALE (the
+    prior trains with class dropout; digits_vim.gin recommends this scale).
+
+    Returns:
+      ({summary key: metrics}, {summary key: metrics file}).
+    """
+    runs = {
+        "prior": ("evaluate prior", "metrics.json", {"fid_floor_split": "train"}, {}),
+        "prior_rejection": (
+            "evaluate prior, rejection 0.5",
+            "metrics_acceptance_0.5.json",
+            {"acceptance_rate": 0.5},
+            {},
+        ),
+        "prior_guided": (
+            f"evaluate prior, guidance {CFG_SCALE:g}",
+            f"metrics_cfg_{CFG_SCALE:g}.json",
+            {},
+            {"cfg_scale": CFG_SCALE},
+        ),
+    }
+    metrics, paths = {}, {}
+    for key, (label, name, scores, sampling) in runs.items():
+        paths[key] = fs.join(p.prior_dir, name)
+        metrics[key] = p.evaluate(label, p.prior_dir, paths[key], p.c_dir, scores, **sampling)
+    return metrics, paths
+
+
+def _run_stages(p):
+    """Every stage in order; returns the summary's figures and the metrics files written."""
+    p.train("train quantizer", "digits_vitvqgan.gin", p.q_dir)
+    p.train("train classifier", "digits_classifier.gin", p.c_dir)
+    c_json, q_json = fs.join(p.c_dir, "metrics.json"), fs.join(p.q_dir, "metrics.json")
+    results = {
+        "classifier": p.evaluate("evaluate classifier", p.c_dir, c_json),
+        "quantizer": p.evaluate("evaluate quantizer", p.q_dir, q_json, classifier=p.c_dir),
+    }
+    # The priors train on token shards written once (digits get no random augmentation, so these
+    # are the tokens the encoder would give on the fly, without re-encoding every step).
+    p.encode_tokens()
+    tokens = dict(quantizer_dir=p.q_dir, bindings=[f"TOKEN_DIR = '{p.token_dir}'"])
+    p.train("train prior", "digits_vim_tokens.gin", p.prior_dir, **tokens)
+    prior_metrics, prior_paths = _score_priors(p)
+    results.update(prior_metrics)
+    p.sample_grid()
+    p.train("train unconditional prior", "digits_vim_uncond_tokens.gin", p.uncond_dir, **tokens)
+    probe_json = fs.join(p.uncond_dir, "probe.json")
+    results["linear_probe"] = p.linear_probe(probe_json)
+    results["exports"] = {
+        name: p.export(name, model_dir)
+        for name, model_dir in (
+            ("quantizer", p.q_dir),
+            ("prior", p.prior_dir),
+            ("classifier", p.c_dir),
+        )
+    }
+    files = [q_json, *prior_paths.values(), probe_json]
+    return results, files
+
+
+def _print_summary(p, r, files, total):
+    q, prior, guided, rejection = (
+        r["quantizer"],
+        r["prior"],
+        r["prior_guided"],
+        r["prior_rejection"],
     )
+    probe = r["linear_probe"]
+    print("\n== vim_tf main job: summary ==")
+    print(f"quantizer (test split, {q['num_images']} images)")
+    for k in ("psnr", "ssim", "l1", "l2", "codebook_usage", "perplexity", "rfid"):
+        print(f"  {k:<28} {q[k]:>10.4f}")
+    print(f"class-conditional prior ({prior['num_samples']} samples)")
+    for k in ("nll_bits_per_token", "fid", "fid_floor", "inception_score", "kid", "class_accuracy"):
+        print(f"  {k:<28} {prior[k]:>10.4f}")
+    worst = min(prior["class_accuracy_per_class"].values())
+    print(f"  {'min per-class accuracy':<28} {worst:>10.4f}")
     for k in ("fid", "inception_score", "kid", "class_accuracy"):
-        print(f"  {k + f' (guidance {CFG_SCALE:g})':<28} {g_metrics[k]:>10.4f}")
-    worst = min(g_metrics["class_accuracy_per_class"].values())
+        print(f"  {k + f' (guidance {CFG_SCALE:g})':<28} {guided[k]:>10.4f}")
+    worst = min(guided["class_accuracy_per_class"].values())
     print(f"  {f'min per-class (guidance {CFG_SCALE:g})':<28} {worst:>10.4f}")
     for k in ("fid", "inception_score", "class_accuracy", "acceptance_rate"):
-        print(f"  {k + ' (rejection)':<28} {r_metrics[k]:>10.4f}")
+        print(f"  {k + ' (rejection)':<28} {rejection[k]:>10.4f}")
     print(
         f"linear probe (unconditional prior): top-1 {probe['top1']:.4f} at block "
         f"{probe['best_layer']}"
     )
     print(
         f"  scores computed with the digits classifier (test accuracy "
-        f"{c_metrics['accuracy']:.4f}), not Inception; fid_floor: "
-        f"{p_metrics['fid_floor_splits']}"
+        f"{r['classifier']['accuracy']:.4f}), not Inception; fid_floor: "
+        f"{prior['fid_floor_splits']}"
     )
     print("\nwritten:")
     for label, path in (
-        ("reconstruction grid", q_metrics.get("reconstruction_grid")),
-        (f"class sample grid (guidance {CFG_SCALE:g})", fs.join(samples_dir, "grid.png")),
-        ("samples", fs.join(samples_dir, "samples.npz")),
+        ("reconstruction grid", q.get("reconstruction_grid")),
+        (f"class sample grid (guidance {CFG_SCALE:g})", fs.join(p.samples_dir, "grid.png")),
+        ("samples", fs.join(p.samples_dir, "samples.npz")),
         ("linear-probe plot", probe.get("plot")),
-        ("metrics", f"{q_json}, {p_json}, {g_json}, {r_json}, {probe_json}"),
-        ("SavedModels", ", ".join(exports.values())),
+        ("metrics", ", ".join(files)),
+        ("SavedModels", ", ".join(r["exports"].values())),
         ("TensorBoard logdir", p.out),
     ):
         print(f"  {label:<32} {path}")
     shown = ", ".join(f"{k} {v:.0f}s" for k, v in p.timings.items())
     print(f"\nwall time {total / 60:.1f} min ({shown})")
     print(f"view: tensorboard --logdir {p.out}")
-    return {
-        "quantizer": q_metrics,
-        "prior": p_metrics,
-        "prior_guided": g_metrics,
-        "prior_rejection": r_metrics,
-        "linear_probe": probe,
-        "classifier": c_metrics,
-        "exports": exports,
-        "wall_time_s": total,
-        # The stages this run executed (a rerun skips finished ones), with their seconds.
-        "stage_times": dict(p.timings),
-    }
+
+
+def run(output_dir, extra_bindings=()):
+    """Runs every stage into `output_dir` and prints a summary; returns the summary dict.
+
+    Args:
+      output_dir: where each stage's model dir (quantizer/, classifier/, prior/, prior_uncond/),
+        the token shards, the sample grid and the exports go.
+      extra_bindings: gin bindings given to every training stage, after the experiment's own.
+
+    Returns:
+      {"quantizer", "prior", "prior_guided", "prior_rejection", "linear_probe", "classifier"}:
+      the metrics dicts; "exports": {name: SavedModel version dir}; "wall_time_s"; and
+      "stage_times": the stages this run executed (a rerun skips finished ones) with seconds.
+
+    Raises:
+      StageFailed: a stage stopped on a user error; finished stages are kept.
+    """
+    p = _Pipeline(output_dir, extra_bindings)
+    start = time.time()
+    results, files = _run_stages(p)
+    total = time.time() - start
+    _print_summary(p, results, files, total)
+    return dict(results, wall_time_s=total, stage_times=dict(p.timings))

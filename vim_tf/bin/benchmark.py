@@ -31,7 +31,7 @@ def main(argv):
     del argv
     import tensorflow as tf
 
-    from vim_tf import benchmark
+    from vim_tf.reports import benchmark
     from vim_tf.utils import model_dir
 
     # Every measurement traces a fresh model: TF's retracing warnings are expected here.

@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from vim_tf.models import param_counts
+    from vim_tf.reports import param_counts
 
     print(f"{'config':<14} {'part':<14} {'ours (M)':>10} {'paper (M)':>10}")
     rows = param_counts.table(FLAGS.configs, FLAGS.image_size) + param_counts.vim_table(

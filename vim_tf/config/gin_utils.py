@@ -14,8 +14,10 @@ import datetime
 import importlib
 import importlib.metadata
 import importlib.resources
+import inspect
 import logging as std_logging
 import os
+import pkgutil
 import posixpath
 import re
 import shlex
@@ -30,26 +32,46 @@ CONFIG_FILE = "config.gin"
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
 COMMAND_FILE = "command.txt"
 
-# Modules that register gin configurables; imported before any parsing.
-_CONFIGURABLE_MODULES = (
-    "vim_tf.data.input_pipeline",
-    "vim_tf.data.tokens",
-    "vim_tf.eval.classifier_eval",
-    "vim_tf.eval.linear_probe",
-    "vim_tf.eval.prior_eval",
-    "vim_tf.eval.quantizer_eval",
-    "vim_tf.losses.adversarial",
-    "vim_tf.losses.reconstruction",
-    "vim_tf.models.classifier",
-    "vim_tf.models.discriminator",
-    "vim_tf.models.quantizer",
-    "vim_tf.models.vit",
-    "vim_tf.models.vim",
-    "vim_tf.models.vitvqgan",
-    "vim_tf.training.optimizers",
-    "vim_tf.training.precision",
-    "vim_tf.training.trainer",
+# A module registers gin configurables when its source has one of these (decorators, or calls of
+# gin's registration functions or of `register_selectable`).
+_REGISTERS = re.compile(
+    r"^\s*(@gin\.(configurable|register)\b|gin\.(external_configurable|register)\(|"
+    r"@(gin_utils\.)?register_selectable\b)",
+    re.M,
 )
+
+
+def configurable_modules():
+    """The vim_tf modules that register gin configurables, found by reading the package's sources.
+
+    Every module of the package is looked at (none is imported here); the ones whose source
+    registers a configurable are returned, sorted. `register_configurables` imports them before
+    any config is parsed, so a new configurable module needs no list kept by hand.
+    """
+    import vim_tf
+
+    names = []
+    for info in pkgutil.walk_packages(vim_tf.__path__, "vim_tf."):
+        if info.ispkg or info.name == __name__:
+            continue
+        spec = info.module_finder.find_spec(info.name)
+        source = spec.loader.get_source(info.name) if spec and spec.loader else None
+        if source and _REGISTERS.search(source):
+            names.append(info.name)
+    return sorted(names)
+
+
+def register_selectable(fn):
+    """Registers the function `fn` with gin for selection by reference only (`@name`).
+
+    Every parameter is denylisted: the caller passes all of them, so a binding such as
+    `name.param = 1` would never take effect and gin rejects it at parse time.
+
+    Returns:
+      `fn` unchanged.
+    """
+    params = list(inspect.signature(fn).parameters)
+    return gin.register(fn, denylist=params)
 
 
 _lookup_registered = False
@@ -170,7 +192,8 @@ def _is_shipped(name):
 
 
 def register_configurables():
-    for name in _CONFIGURABLE_MODULES:
+    """Imports every module of `configurable_modules()` and sets up finding shipped includes."""
+    for name in configurable_modules():
         importlib.import_module(name)
     global _lookup_registered
     if not _lookup_registered:
@@ -187,7 +210,8 @@ def parse(gin_files=(), gin_bindings=(), finalize=True):
 
     Each file is found as `resolve_gin_file` says (a missing one raises ValueError listing the
     shipped configs). Unknown configurables or parameters raise ValueError naming the file and
-    line.
+    line; unknown parameters of Keras classes are rejected when the config is finalized
+    (`check_keras_bindings`), so only with `finalize`.
     """
     register_configurables()
     paths = [resolve_gin_file(f) for f in gin_files]
@@ -207,39 +231,42 @@ def parse(gin_files=(), gin_bindings=(), finalize=True):
             f"{e}\nAn include names a file relative to the working directory or a config "
             f"shipped with vim_tf: {', '.join(shipped_configs())}"
         ) from e
-    check_keras_bindings()
 
 
 _UNKNOWN_PARAMETER = re.compile(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'")
 
 
+def _accepts(selector, name):
+    """Whether gin accepts a binding of parameter `name` of the configurable `selector`."""
+    try:
+        gin.config.ParsedBindingKey.parse(f"{selector}.{name}")
+    except ValueError:
+        return False
+    return True
+
+
 def _with_valid_parameters(error):
     """gin's unknown-parameter error, plus the parameters the configurable does take."""
-    import inspect
-
     message = str(error)
     match = _UNKNOWN_PARAMETER.search(message)
     if not match:
         return error
-    configurable = gin.config._REGISTRY.get_match(match.group(1))  # pylint: disable=protected-access
-    if configurable is None:
-        return error
-    fn = configurable.wrapped
+    selector = match.group(1)
     try:
+        fn = gin.get_configurable(selector)
         sig = inspect.signature(fn.__init__ if inspect.isclass(fn) else fn)
     except (TypeError, ValueError):
         return error
-    hidden = set(configurable.denylist or ()) | {"self"}
     valid = sorted(
         name
         for name, p in sig.parameters.items()
-        if name not in hidden and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        if name != "self"
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and _accepts(selector, name)
     )
-    if configurable.allowlist:
-        valid = [name for name in valid if name in configurable.allowlist]
     first, _, rest = message.partition("\n")
     return ValueError(
-        f"{first} Valid parameters of {match.group(1)}: {valid}" + (f"\n{rest}" if rest else "")
+        f"{first} Valid parameters of {selector}: {valid}" + (f"\n{rest}" if rest else "")
     )
 
 
@@ -247,22 +274,29 @@ def _with_valid_parameters(error):
 _KERAS_KWARGS = {"name", "dtype", "trainable", "autocast", "input_shape", "input_dim"}
 
 
-def check_keras_bindings():
-    """Rejects bindings of unknown parameters of registered Keras classes.
+@gin.config.register_finalize_hook
+def check_keras_bindings(config):
+    """Rejects bindings of unknown parameters of registered Keras classes (a gin finalize hook).
 
     gin accepts any parameter name for a class whose __init__ takes **kwargs (every Keras layer),
     so a typo would only surface at construction, after the data is prepared; this check makes
-    it fail at parse time, naming the parameter and the valid ones.
-    """
-    import inspect
+    it fail when the config is finalized (the end of `parse`), naming the parameter and the
+    valid ones.
 
-    # gin keeps bindings and its registry in module globals; there is no public iterator.
-    config, registry = gin.config._CONFIG, gin.config._REGISTRY  # pylint: disable=protected-access
+    Args:
+      config: gin's parsed config, {(scope, selector): {parameter: value}} (what gin hands
+        every finalize hook).
+
+    Returns:
+      None (no bindings added).
+    """
     for (scope, selector), params in config.items():
-        configurable = registry.get_match(selector)
-        if configurable is None or not inspect.isclass(configurable.wrapped):
+        try:
+            cls = gin.get_configurable(selector)
+        except ValueError:
             continue
-        cls = configurable.wrapped
+        if not inspect.isclass(cls):
+            continue
         sig = inspect.signature(cls.__init__)
         if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
             continue
@@ -270,12 +304,13 @@ def check_keras_bindings():
         for name in params:
             if name not in valid:
                 # The short name users write (`ViTVQGAN`), not gin's full module path.
-                short = configurable.name or selector
+                short = selector.rsplit(".", 1)[-1]
                 where = f"{scope}/{short}" if scope else short
                 raise ValueError(
                     f"unknown gin parameter {where}.{name}: {cls.__name__} takes "
                     f"{sorted(valid - _KERAS_KWARGS)}"
                 )
+    return None
 
 
 def bound(parameter):

@@ -1,23 +1,24 @@
-"""Adversarial losses, the R1 gradient penalty and the discriminator start schedule.
+"""Adversarial losses and the R1 gradient penalty.
 
-Each function is gin-configurable so a config picks the loss form, in the compare_gan style:
-
-    VQGANTrainer.generator_loss_fn = @hinge_generator_loss
-    VQGANTrainer.discriminator_loss_fn = @hinge_discriminator_loss
+The four loss forms are registered with gin for selection by reference, in the compare_gan
+style (a binding of the stage-1 model's loss parameters, `generator_loss = @hinge_generator_loss`,
+`discriminator_loss = @hinge_discriminator_loss`). They have no gin parameters of their own: the
+model passes every argument.
 
 Logits are [B] (or any shape; every loss averages over all elements) and every result is a float32
 scalar, whatever the logits' dtype.
 """
 
-import gin
 import tensorflow as tf
+
+from vim_tf.config import gin_utils
 
 
 def _to_float32(x):
     return tf.cast(tf.convert_to_tensor(x), tf.float32)
 
 
-@gin.configurable
+@gin_utils.register_selectable
 def non_saturating_generator_loss(fake_logits):
     """Non-saturating generator loss, `mean(softplus(-D(G(z))))` = `-mean(log sigmoid(fake))`.
 
@@ -30,7 +31,7 @@ def non_saturating_generator_loss(fake_logits):
     return tf.reduce_mean(tf.nn.softplus(-_to_float32(fake_logits)))
 
 
-@gin.configurable
+@gin_utils.register_selectable
 def non_saturating_discriminator_loss(real_logits, fake_logits):
     """Logistic discriminator loss, `mean(softplus(-real)) + mean(softplus(fake))`.
 
@@ -46,7 +47,7 @@ def non_saturating_discriminator_loss(real_logits, fake_logits):
     return real + fake
 
 
-@gin.configurable
+@gin_utils.register_selectable
 def hinge_generator_loss(fake_logits):
     """Hinge generator loss, `-mean(fake)`.
 
@@ -59,7 +60,7 @@ def hinge_generator_loss(fake_logits):
     return -tf.reduce_mean(_to_float32(fake_logits))
 
 
-@gin.configurable
+@gin_utils.register_selectable
 def hinge_discriminator_loss(real_logits, fake_logits):
     """Hinge discriminator loss, `mean(relu(1 - real)) + mean(relu(1 + fake))`.
 
@@ -75,7 +76,6 @@ def hinge_discriminator_loss(real_logits, fake_logits):
     return real + fake
 
 
-@gin.configurable
 def r1_penalty(discriminator, real_images):
     """R1 penalty (Mescheder et al. 2018): `mean_b ||d D(x_b) / d x_b||^2` on real images.
 
@@ -110,23 +110,3 @@ def r1_penalty(discriminator, real_images):
     grads = _to_float32(grads)
     per_example = tf.reduce_sum(tf.square(grads), axis=tf.range(1, tf.rank(grads)))
     return tf.reduce_mean(per_example)
-
-
-@gin.configurable
-def adversarial_weight(step, start_step=0):
-    """Switch for the adversarial terms: 0.0 before `start_step`, 1.0 from `start_step` on.
-
-    The generator's adversarial loss and the discriminator update are both multiplied by it, so the
-    autoencoder can learn to reconstruct before the discriminator is trained.
-
-    Args:
-        step: int scalar (Python or tensor), the current training step.
-        start_step: int >= 0, the first step with the adversarial terms on.
-
-    Returns:
-        float32 scalar tensor, 0.0 or 1.0.
-    """
-    if start_step < 0:
-        raise ValueError(f"start_step must be >= 0, got {start_step}")
-    step = tf.convert_to_tensor(step)
-    return tf.cast(step >= tf.cast(start_step, step.dtype), tf.float32)

@@ -7,7 +7,6 @@ training machine and pass its path. A `.weights.h5` file saved by Keras 3 from
 `keras.applications.VGG16(include_top=False, weights=None)` works too.
 """
 
-import gin
 import keras
 from keras import ops
 
@@ -27,11 +26,11 @@ _WEIGHTS_HELP = (
     "Get the Keras applications file vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 "
     "(https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
     "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5), copy it to this machine and set "
-    "PerceptualLoss.weights_path to it; otherwise set the perceptual loss weight to 0."
+    "the stage-1 model's perceptual_weights_path to it; otherwise set the perceptual loss weight "
+    "to 0."
 )
 
 
-@gin.register
 @keras.saving.register_keras_serializable(package="vim_tf")
 class PerceptualLoss(keras.layers.Layer):
     """Frozen VGG16 feature distance between two image batches.

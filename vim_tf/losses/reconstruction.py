@@ -1,4 +1,4 @@
-"""Pixel reconstruction losses of stage 1: logit-laplace, L2 and L1.
+"""Pixel reconstruction losses of stage 1: logit-laplace and L2.
 
 The logit-laplace loss is the DALL-E dVAE likelihood (Ramesh et al. 2021, sec. A.3). Pixels in
 [0, 1] are squeezed into [eps, 1 - eps] so that their logit stays finite; the decoder predicts, per
@@ -17,7 +17,6 @@ in half precision.
 
 import math
 
-import gin
 import tensorflow as tf
 
 _LOG_2 = math.log(2.0)
@@ -62,7 +61,6 @@ def unmap_pixels(x, eps=0.1):
     return tf.clip_by_value((x - eps) / (1.0 - 2.0 * eps), 0.0, 1.0)
 
 
-@gin.configurable
 def logit_laplace_loss(targets, loc, log_scale, eps=0.1):
     """Mean negative log-likelihood of the logit-laplace distribution.
 
@@ -107,7 +105,6 @@ def logit_laplace_mean(loc, eps=0.1):
     return unmap_pixels(tf.sigmoid(_to_float32(loc)), eps)
 
 
-@gin.configurable
 def l2_loss(targets, recon):
     """Mean squared error over all elements.
 
@@ -119,17 +116,3 @@ def l2_loss(targets, recon):
         float32 scalar.
     """
     return tf.reduce_mean(tf.square(_to_float32(targets) - _to_float32(recon)))
-
-
-@gin.configurable
-def l1_loss(targets, recon):
-    """Mean absolute error over all elements.
-
-    Args:
-        targets: [B, H, W, C] float.
-        recon: [B, H, W, C] float.
-
-    Returns:
-        float32 scalar.
-    """
-    return tf.reduce_mean(tf.abs(_to_float32(targets) - _to_float32(recon)))

@@ -16,7 +16,6 @@ Keras 3 layer lists.
 
 import math
 
-import gin
 import keras
 import numpy as np
 from keras import ops
@@ -411,7 +410,6 @@ class DiscriminatorBlock(keras.layers.Layer):
         return config
 
 
-@gin.register
 @keras.saving.register_keras_serializable(package="vim_tf")
 class StyleGANDiscriminator(keras.Model):
     """StyleGAN2 residual discriminator: images in [0, 1] -> one real/fake logit per image.

@@ -1,6 +1,5 @@
 """The factorized, l2-normalized vector quantizer of ViT-VQGAN (PAPER.md, stage 1)."""
 
-import gin
 import keras
 import tensorflow as tf
 from keras import ops
@@ -55,7 +54,6 @@ def code_statistics(counts):
     return usage, ops.exp(entropy)
 
 
-@gin.register
 @keras.saving.register_keras_serializable(package="vim_tf")
 class VectorQuantizer(keras.layers.Layer):
     """Factorized codes with l2-normalized lookup, trained by the VQ loss (no EMA).

@@ -5,7 +5,6 @@ keeps lists in containers that `tf.train.Checkpoint` does not follow, so a list 
 silently drop out of checkpoints.
 """
 
-import gin
 import keras
 import numpy as np
 from keras import ops
@@ -281,7 +280,6 @@ class _ViTStack(keras.layers.Layer):
         return config
 
 
-@gin.register
 @keras.saving.register_keras_serializable(package="vim_tf")
 class ViTEncoder(_ViTStack):
     """Image -> one vector per patch (the ViT-VQGAN encoder).
@@ -335,7 +333,6 @@ class ViTEncoder(_ViTStack):
         return self.ffn_out(ops.tanh(self.ffn_in(self.ln_out(x))))
 
 
-@gin.register
 @keras.saving.register_keras_serializable(package="vim_tf")
 class ViTDecoder(_ViTStack):
     """Per-token vectors -> image distribution parameters (the ViT-VQGAN decoder).

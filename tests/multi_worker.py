@@ -4,7 +4,7 @@ tests/test_distribute.py starts two of these on localhost, each with its own TF_
 
     TF_CONFIG='{"cluster": {"worker": ["localhost:P0", "localhost:P1"]},
                 "task": {"type": "worker", "index": 0}}' \
-    python -m vim_tf.testing.multi_worker --weights_out=w0.npz -- \
+    python tests/multi_worker.py --weights_out=w0.npz -- \
         --strategy=multi_worker --model_dir=DIR --gin_file=gin/experiments/digits_vitvqgan.gin ...
 
 Everything after `--` goes to the train binary unchanged (its flags, its `main`). When training
@@ -35,7 +35,7 @@ def main(argv):
     from vim_tf.training import train_lib
 
     # Grappler's rewrites take much of the tracing time of a tiny step and change nothing that
-    # is computed (as in vim_tf.testing.distribute_check).
+    # is computed (as in tests/distribute_check.py).
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     logging.set_verbosity(logging.INFO)
     logged = []

@@ -1,4 +1,4 @@
-"""Throughput measurements behind `tools/benchmark.py` (medians of timed repetitions).
+"""Throughput measurements behind `vim-benchmark` (`tools/benchmark.py`) (medians of timed repetitions).
 
 Every figure is a median over `repeats` timed runs after a warm-up run that traces and compiles.
 Variants that are compared with each other (float32 vs mixed_bfloat16, XLA off vs on) are timed in
@@ -382,8 +382,117 @@ def fmt(value):
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
 
 
+class _Report:
+    """The rows of one benchmark run, printed as they are measured."""
+
+    def __init__(self, smoke, quick):
+        self.smoke = smoke
+        self.repeats = 1 if smoke else 2 if quick else 5
+        self.tiny = SMOKE_STAGE1 if smoke else TINY_STAGE1
+        self.ss = SMOKE_STAGE1 if smoke else SS_STAGE1
+        self.seq, self.prior_batch = (16, 2) if smoke else (256, 16)
+        self.rows = []
+        self.extra = {}
+
+    def add(self, name, value, unit):
+        self.rows.append({"name": name, "value": float(value), "unit": unit})
+        print(f"{name:<66} {fmt(value):>12} {unit}", flush=True)
+
+    def add_ratios(self, name, res, unit):
+        for variant, value in res.items():
+            self.add(f"{name}, {variant}", value, unit)
+        if "mixed_bfloat16" in res:
+            self.add(
+                f"{name}: mixed_bfloat16 / float32", res["mixed_bfloat16"] / res["float32"], "x"
+            )
+        if "float32, XLA" in res:
+            self.add(f"{name}: XLA / no XLA (float32)", res["float32, XLA"] / res["float32"], "x")
+
+
+def _label(cfg, what):
+    return f"{what} {cfg['image_size']}px patch {cfg['patch_size']} batch {cfg['batch']}"
+
+
+# The precision and compiler variants of a train step, timed in turns against each other.
+_STEP_VARIANTS = {
+    "float32": {},
+    "float32, XLA": {"jit": True},
+    "mixed_bfloat16": {"policy": "mixed_bfloat16"},
+    "mixed_bfloat16, XLA": {"policy": "mixed_bfloat16", "jit": True},
+}
+
+
+def _stage1_group(rep):
+    variants = dict(_STEP_VARIANTS, **{"float32, with GAN step": {"adversarial": True}})
+    res = stage1_variants(variants, cfg=rep.tiny, repeats=rep.repeats)
+    rep.add_ratios(_label(rep.tiny, "stage1 train, tiny"), res, "img/s")
+
+
+def _stage1_ss_group(rep):
+    variants = {"float32": {}, "mixed_bfloat16": {"policy": "mixed_bfloat16"}}
+    res = stage1_variants(variants, cfg=rep.ss, repeats=rep.repeats)
+    for variant, value in res.items():
+        rep.add(f"{_label(rep.ss, 'stage1 train, SS')}, {variant}", value, "img/s")
+
+
+def _encode_group(rep):
+    batch, size = (8 if rep.smoke else 256), rep.tiny["image_size"]
+    rate = stage1_encode(batch, size, repeats=rep.repeats, cfg=rep.tiny)
+    rep.add(f"stage1 encode, tiny {size}px batch {batch}", rate, "img/s")
+
+
+def _stage2_group(rep):
+    res = prior_variants(
+        _STEP_VARIANTS,
+        seq_len=rep.seq,
+        batch=rep.prior_batch,
+        repeats=rep.repeats,
+        smoke=rep.smoke,
+    )
+    name = f"stage2 train, tiny prior seq {rep.seq} batch {rep.prior_batch}"
+    rep.add_ratios(name, res, "tokens/s")
+
+
+def _sampling_group(rep):
+    repeats = max(rep.repeats - 1, 1)
+    for length in (16,) if rep.smoke else (256, 1024):
+        cached = sampling(length, True, steps=4 if rep.smoke else None, repeats=repeats)
+        rep.add(f"sampling seq {length}, batch 8, KV cache", cached, "tokens/s")
+        uncached = sampling(length, False, steps=4 if rep.smoke else 32, repeats=repeats)
+        name = f"sampling seq {length}, batch 8, no cache (full recomputation)"
+        rep.add(name, uncached, "tokens/s")
+
+
+def _flops_group(rep):
+    n = 256 if rep.smoke else 2048
+    flops = stage1_flops_report(rep.tiny, repeats=rep.repeats, matmul_n=n)
+    rep.extra["flops"] = flops
+    name = _label(rep.tiny, "stage1 train step, tiny")
+    rep.add(f"{name}: GFLOP per step (analytic, matmuls)", flops["train_step_flops"] / 1e9, "GFLOP")
+    profiled = flops["profiler_train_step_flops"] / 1e9
+    rep.add(f"{name}: GFLOP per step (TF profiler, all ops)", profiled, "GFLOP")
+    rep.add(f"{name}: achieved", flops["achieved_gflops"], "GFLOP/s")
+    rep.add(f"{name}: achieved, XLA", flops["achieved_gflops_xla"], "GFLOP/s")
+    rep.add(f"dense matmul {n}x{n} float32", flops[f"matmul_{n}_float32_gflops"], "GFLOP/s")
+    bf16 = matmul_gflops(n, "bfloat16", repeats=rep.repeats)
+    flops[f"matmul_{n}_bfloat16_gflops"] = bf16
+    rep.add(f"dense matmul {n}x{n} bfloat16", bf16, "GFLOP/s")
+    rep.add(f"{name}: achieved / dense matmul", 100 * flops["fraction_of_matmul"], "%")
+    rep.add(f"{name}: achieved / dense matmul, XLA", 100 * flops["fraction_of_matmul_xla"], "%")
+
+
+_GROUP_FNS = {
+    "stage1": _stage1_group,
+    "stage1_ss": _stage1_ss_group,
+    "encode": _encode_group,
+    "stage2": _stage2_group,
+    "sampling": _sampling_group,
+    "flops": _flops_group,
+}
+
+
 def run_all(quick=False, groups=None, smoke=False):
-    """Runs the measurements of `groups` (default: all of GROUPS).
+    """Runs the measurements of `groups` (default: all of GROUPS), printing each row.
 
     Args:
       quick: 2 timed repetitions instead of 5 (a fast, noisier run).
@@ -397,100 +506,12 @@ def run_all(quick=False, groups=None, smoke=False):
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
         raise ValueError(f"unknown benchmark groups {unknown}; valid: {list(GROUPS)}")
-    r = 1 if smoke else 2 if quick else 5
-    tiny = SMOKE_STAGE1 if smoke else TINY_STAGE1
-    ss = SMOKE_STAGE1 if smoke else SS_STAGE1
-    seq, prior_batch = (16, 2) if smoke else (256, 16)
-    rows = []
-    report = {"machine": machine(), "results": rows}
-
-    def add(name, value, unit):
-        rows.append({"name": name, "value": float(value), "unit": unit})
-        print(f"{name:<66} {fmt(value):>12} {unit}", flush=True)
-
-    def label(cfg, what):
-        return f"{what} {cfg['image_size']}px patch {cfg['patch_size']} batch {cfg['batch']}"
-
-    if "stage1" in groups:
-        name = label(tiny, "stage1 train, tiny")
-        res = stage1_variants(
-            {
-                "float32": {},
-                "float32, XLA": {"jit": True},
-                "mixed_bfloat16": {"policy": "mixed_bfloat16"},
-                "mixed_bfloat16, XLA": {"policy": "mixed_bfloat16", "jit": True},
-                "float32, with GAN step": {"adversarial": True},
-            },
-            cfg=tiny,
-            repeats=r,
-        )
-        for variant, value in res.items():
-            add(f"{name}, {variant}", value, "img/s")
-        add(f"{name}: mixed_bfloat16 / float32", res["mixed_bfloat16"] / res["float32"], "x")
-        add(f"{name}: XLA / no XLA (float32)", res["float32, XLA"] / res["float32"], "x")
-    if "stage1_ss" in groups:
-        name = label(ss, "stage1 train, SS")
-        res = stage1_variants(
-            {"float32": {}, "mixed_bfloat16": {"policy": "mixed_bfloat16"}}, cfg=ss, repeats=r
-        )
-        for variant, value in res.items():
-            add(f"{name}, {variant}", value, "img/s")
-    if "encode" in groups:
-        enc_batch = 8 if smoke else 256
-        add(
-            f"stage1 encode, tiny {tiny['image_size']}px batch {enc_batch}",
-            stage1_encode(enc_batch, tiny["image_size"], repeats=r, cfg=tiny),
-            "img/s",
-        )
-    if "stage2" in groups:
-        name = f"stage2 train, tiny prior seq {seq} batch {prior_batch}"
-        res = prior_variants(
-            {
-                "float32": {},
-                "float32, XLA": {"jit": True},
-                "mixed_bfloat16": {"policy": "mixed_bfloat16"},
-                "mixed_bfloat16, XLA": {"policy": "mixed_bfloat16", "jit": True},
-            },
-            seq_len=seq,
-            batch=prior_batch,
-            repeats=r,
-            smoke=smoke,
-        )
-        for variant, value in res.items():
-            add(f"{name}, {variant}", value, "tokens/s")
-        add(f"{name}: mixed_bfloat16 / float32", res["mixed_bfloat16"] / res["float32"], "x")
-        add(f"{name}: XLA / no XLA (float32)", res["float32, XLA"] / res["float32"], "x")
-    if "sampling" in groups:
-        for length in (16,) if smoke else (256, 1024):
-            add(
-                f"sampling seq {length}, batch 8, KV cache",
-                sampling(length, True, steps=4 if smoke else None, repeats=max(r - 1, 1)),
-                "tokens/s",
-            )
-            add(
-                f"sampling seq {length}, batch 8, no cache (full recomputation)",
-                sampling(length, False, steps=4 if smoke else 32, repeats=max(r - 1, 1)),
-                "tokens/s",
-            )
-    if "flops" in groups:
-        n = 256 if smoke else 2048
-        flops = stage1_flops_report(tiny, repeats=r, matmul_n=n)
-        report["flops"] = flops
-        name = label(tiny, "stage1 train step, tiny")
-        add(f"{name}: GFLOP per step (analytic, matmuls)", flops["train_step_flops"] / 1e9, "GFLOP")
-        add(
-            f"{name}: GFLOP per step (TF profiler, all ops)",
-            flops["profiler_train_step_flops"] / 1e9,
-            "GFLOP",
-        )
-        add(f"{name}: achieved", flops["achieved_gflops"], "GFLOP/s")
-        add(f"{name}: achieved, XLA", flops["achieved_gflops_xla"], "GFLOP/s")
-        add(f"dense matmul {n}x{n} float32", flops[f"matmul_{n}_float32_gflops"], "GFLOP/s")
-        bf16 = matmul_gflops(n, "bfloat16", repeats=r)
-        flops[f"matmul_{n}_bfloat16_gflops"] = bf16
-        add(f"dense matmul {n}x{n} bfloat16", bf16, "GFLOP/s")
-        add(f"{name}: achieved / dense matmul", 100 * flops["fraction_of_matmul"], "%")
-        add(f"{name}: achieved / dense matmul, XLA", 100 * flops["fraction_of_matmul_xla"], "%")
+    rep = _Report(smoke, quick)
+    report = {"machine": machine(), "results": rep.rows}
+    for group in GROUPS:
+        if group in groups:
+            _GROUP_FNS[group](rep)
+    report.update(rep.extra)
     return report
 
 

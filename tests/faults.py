@@ -1,10 +1,10 @@
 """Runs the train binary (`vim_tf.bin.train`, what `tools/train.py` runs) with a fault injected,
 for the reliability tests.
 
-python -m vim_tf.testing.faults --kill_before_state_update=N -- <train flags>
+python tests/faults.py --kill_before_state_update=N -- <train flags>
   SIGKILLs this process while checkpoint N is being saved: its data and index files are on disk,
   but the `checkpoint` state file does not name it yet (the last moment of a save).
-python -m vim_tf.testing.faults --kill_before_merge=N -- <flags>
+python tests/faults.py --kill_before_merge=N -- <flags>
   SIGKILLs it earlier in the same save: shard files written to the `ckpt-N_temp` dir, not yet
   merged into ckpt-N.
 """

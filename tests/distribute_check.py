@@ -3,7 +3,7 @@
 Logical CPU devices can only be configured before TensorFlow initializes, so this runs in a fresh
 process (tests/test_distribute.py starts it):
 
-    python -m vim_tf.testing.distribute_check --case=quantizer_gan --output=/tmp/out.npz
+    python tests/distribute_check.py --case=quantizer_gan --output=/tmp/out.npz
 
 It trains the tiny model of `--case` twice through `trainer.train` on the same fixed global
 batches: once with the default (one-device) strategy, once with `MirroredStrategy` over two

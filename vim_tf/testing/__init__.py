@@ -1,1 +1,0 @@
-"""vim_tf.testing."""
