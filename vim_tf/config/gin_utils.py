@@ -46,9 +46,12 @@ _CONFIGURABLE_MODULES = (
     "vim_tf.models.vit",
     "vim_tf.models.vim",
     "vim_tf.models.vitvqgan",
+    "vim_tf.training.classifier",
     "vim_tf.training.optimizers",
     "vim_tf.training.precision",
+    "vim_tf.training.prior",
     "vim_tf.training.trainer",
+    "vim_tf.training.vqgan",
 )
 
 

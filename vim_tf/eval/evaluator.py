@@ -5,32 +5,10 @@ from absl import logging
 
 from vim_tf.config import gin_utils
 from vim_tf.eval import classifier_eval, prior_eval, quantizer_eval
-from vim_tf.training import trainer
+from vim_tf.models import loading
 from vim_tf.utils import fs
 from vim_tf.utils import images as image_utils
 from vim_tf.utils import model_dir as model_dir_lib
-
-
-def load_trained_model(model_dir, checkpoint=None, kinds=model_dir_lib.KINDS, purpose=None):
-    """Re-parses the model dir's config, builds the model and restores its newest checkpoint.
-
-    Args:
-      kinds, purpose: accepted model kinds, checked (with the dir itself and its checkpoint)
-        before anything is built; see `model_dir.check_model_dir`.
-
-    Returns:
-      (model, model_info dict, checkpoint path).
-    """
-    info = model_dir_lib.check_model_dir(
-        model_dir, kinds, purpose, need_checkpoint=checkpoint is None
-    )
-    gin_utils.load_model_dir_config(model_dir)
-    kwargs = {"quantizer_dir": info["quantizer_dir"]} if info.get("quantizer_dir") else {}
-    model = trainer.create_model(**kwargs)
-    model.build_all()
-    path = model_dir_lib.restore_latest(model, model_dir, checkpoint)
-    logging.info("restored %s (%s)", path, info.get("kind"))
-    return model, info, path
 
 
 def load_scoring_network(path):
@@ -41,25 +19,12 @@ def load_scoring_network(path):
     from vim_tf.eval.scores import ScoringNetwork
 
     if fs.exists(fs.join(path, model_dir_lib.MODEL_INFO_FILE)):
-        model = load_classifier(path)
+        model = loading.load_classifier(path)
         return ScoringNetwork.from_keras(model, name=f"vim_tf_classifier:{fs.abspath(path)}")
     try:
         return inception.load(path)
     except ValueError as e:
         raise ValueError(f"--classifier={path!r}: {e}") from e
-
-
-def load_classifier(classifier_dir):
-    """A trained `ImageClassifier` from its model dir (rebuilt from its Keras config)."""
-    from vim_tf.models.classifier import ImageClassifier
-
-    model_dir_lib.check_model_dir(
-        classifier_dir, ("classifier",), "the scoring network must be a classifier model dir"
-    )
-    model = ImageClassifier.from_config(model_dir_lib.read_model_config(classifier_dir))
-    model.build()
-    model_dir_lib.restore_latest(model, classifier_dir)
-    return model
 
 
 def evaluate_export(
@@ -99,9 +64,13 @@ def evaluate(
       sampling: the prior's sampling settings, a dict of temperature, top_k, top_p, cfg_scale
         and seed (default: the paper's, temperature 1 without top-k, top-p or guidance; seed 0).
     """
-    model, info, path = load_trained_model(
-        model_dir, checkpoint, purpose="evaluate.py scores quantizers, priors and classifiers"
+    model, info, path = loading.load_network(
+        model_dir,
+        purpose="evaluate.py scores quantizers, priors and classifiers",
+        checkpoint=checkpoint,
     )
+    # The datasets the scores read are those of the model's own training config.
+    gin_utils.load_model_dir_config(model_dir)
     kind = info.get("kind")
     network = load_scoring_network(classifier) if classifier else None
     if kind == "quantizer":

@@ -5,7 +5,7 @@ import tensorflow as tf
 from absl import logging
 
 from vim_tf.eval import evaluator
-from vim_tf.models import sampling
+from vim_tf.models import loading, sampling
 from vim_tf.utils import fs
 from vim_tf.utils import images as image_utils
 
@@ -30,34 +30,44 @@ def class_plan(num_samples, num_classes, class_ids=None):
     return np.repeat(np.asarray(ids, np.int32), per)[:num_samples]
 
 
-def check_guidance(model, cfg_scale):
+def check_guidance(num_classes, class_dropout, cfg_scale):
     """Classifier-free guidance needs a class-conditional prior trained with class dropout (its
     null class is otherwise an untrained embedding, and guided samples are noise)."""
-    if not model.num_classes:
+    if not num_classes:
         raise ValueError(
             f"cfg_scale={cfg_scale}: classifier-free guidance needs a class-conditional prior; "
             "this one is unconditional (use cfg_scale=1)"
         )
-    if not model.class_dropout:
+    if not class_dropout:
         raise ValueError(
             f"cfg_scale={cfg_scale}: classifier-free guidance needs a prior trained with "
-            "VIM.class_dropout > 0; this one was trained with class_dropout=0, so its null class "
-            "is untrained (use cfg_scale=1, or retrain with e.g. VIM.class_dropout = 0.1)"
+            "PriorTraining.class_dropout > 0; this one was trained with class_dropout=0, so its "
+            "null class is untrained (use cfg_scale=1, or retrain with e.g. "
+            "PriorTraining.class_dropout = 0.1)"
         )
 
 
 class Sampler:
-    """Traced, batched sampling from a prior (+ decoding through its quantizer)."""
+    """Traced, batched sampling from a prior network (+ decoding through its tokenizer).
 
-    def __init__(self, model, jit_compile=False):
+    Args:
+      model: the `VIM` network.
+      tokenizer: the `ViTVQGAN` that decodes its tokens.
+      jit_compile: XLA-compile the sampling loop.
+      class_dropout: the prior's training class dropout (guidance needs it > 0).
+    """
+
+    def __init__(self, model, tokenizer, jit_compile=False, class_dropout=0.0):
         self.model = model
+        self.tokenizer = tokenizer
+        self.class_dropout = class_dropout
         self._fns = {}
         self.jit_compile = jit_compile
 
     def _fn(self, guided, use_cache):
         key = (guided, use_cache)
         if key not in self._fns:
-            model = self.model
+            model, tokenizer = self.model, self.tokenizer
 
             def run(class_ids, seed, temperature, top_k, top_p, cfg_scale):
                 tokens = model.sample_tokens(
@@ -70,7 +80,7 @@ class Sampler:
                     guided=guided,
                     use_cache=use_cache,
                 )
-                return tokens, model.decode(tokens)
+                return tokens, tokenizer.decode(tokens)
 
             self._fns[key] = tf.function(run, jit_compile=self.jit_compile)
         return self._fns[key]
@@ -113,7 +123,7 @@ class Sampler:
         sampling.check_sampling_args(temperature, top_k, top_p, cfg_scale)
         guided = cfg_scale != 1.0
         if guided:
-            check_guidance(self.model, cfg_scale)
+            check_guidance(self.model.num_classes, self.class_dropout, cfg_scale)
         fn = self._fn(guided, use_cache)
         n = len(class_ids)
         for b, start in enumerate(range(0, n, batch_size)):
@@ -128,6 +138,11 @@ class Sampler:
             )
             logging.info("sampled %d/%d", min(start + batch_size, n), n)
             yield ids, t.numpy(), im.numpy()
+
+
+def prior_sampler(prior, jit_compile=False):
+    """The `Sampler` of a `loading.TrainedPrior` (its network, tokenizer and class dropout)."""
+    return Sampler(prior.network, prior.tokenizer, jit_compile, prior.class_dropout)
 
 
 def generate(
@@ -154,7 +169,7 @@ def generate(
     `classifier` keeps the best fraction per class (the achieved rate is logged and returned
     as `acceptance_rate` in the arrays dict, not saved in the npz).
     """
-    model, info, _ = evaluator.load_trained_model(
+    prior, info, _ = loading.load_network(
         model_dir, kinds=("prior",), purpose="sampling needs a prior (a VIM model dir)"
     )
     if info.get("kind") != "prior":
@@ -162,7 +177,7 @@ def generate(
             f"{model_dir!r} holds a {info.get('kind')!r} model; sampling needs a "
             "prior (a VIM model dir)"
         )
-    plan = class_plan(num_samples, model.num_classes, class_ids)
+    plan = class_plan(num_samples, prior.network.num_classes, class_ids)
     ids = plan if plan is not None else np.zeros([num_samples], np.int32)
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
     sampling.check_sampling_args(**settings)
@@ -179,7 +194,7 @@ def generate(
 
         network = evaluator.load_scoring_network(classifier)
         tokens, images, achieved = rejection.rejection_sample(
-            Sampler(model, jit_compile),
+            prior_sampler(prior, jit_compile),
             network,
             ids,
             acceptance_rate,
@@ -188,7 +203,7 @@ def generate(
             **settings,
         )
     else:
-        tokens, images = Sampler(model, jit_compile).sample(
+        tokens, images = prior_sampler(prior, jit_compile).sample(
             ids, seed, batch_size=batch_size, **settings
         )
         achieved = 1.0

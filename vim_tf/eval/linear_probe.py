@@ -29,7 +29,7 @@ from absl import logging
 
 from vim_tf.config import gin_utils
 from vim_tf.data import input_pipeline
-from vim_tf.eval import evaluator
+from vim_tf.models import loading
 from vim_tf.utils import fs
 from vim_tf.utils import model_dir as model_dir_lib
 
@@ -71,25 +71,26 @@ def check_layers(layers, num_layers):
 
 
 def probe_class_id(model):
-    """The class id fed to the prior for features: never a real label.
+    """The class id fed to the prior (a `loading.TrainedPrior`) for features: never a real label.
 
     Unconditional priors (num_classes == 0) get 0 (their start token); class-conditional priors
     get their null class.
     """
-    if model.num_classes == 0:
+    network = model.network
+    if network.num_classes == 0:
         return 0
     logging.info(
         "class-conditional prior (%d classes): features use only its null class %d, never the "
         "label",
-        model.num_classes,
-        model.null_class,
+        network.num_classes,
+        network.null_class,
     )
-    if not getattr(model, "class_dropout", 0.0):
+    if not model.class_dropout:
         logging.warning(
             "the prior was trained with class_dropout=0, so its null-class embedding is untrained; "
             "probe an unconditional prior (e.g. gin/experiments/digits_vim_uncond.gin) instead"
         )
-    return model.null_class
+    return network.null_class
 
 
 def extract_features(model, split, layers, batch_size=None, dataset_fn=input_pipeline.make_dataset):
@@ -99,7 +100,7 @@ def extract_features(model, split, layers, batch_size=None, dataset_fn=input_pip
     (`model.tokenize` of the batch without its label) and `probe_class_id(model)`, never the label.
 
     Args:
-      model: a built `VIM`.
+      model: a `loading.TrainedPrior` (its network and tokenizer).
       split: split name for `dataset_fn`.
       layers: 1-based block numbers (validated with `check_layers`).
       batch_size: evaluation batch size (None: the gin-bound `make_dataset.batch_size`).
@@ -112,7 +113,7 @@ def extract_features(model, split, layers, batch_size=None, dataset_fn=input_pip
     Raises:
       ValueError: bad layers, or an empty split.
     """
-    layers = check_layers(layers, model.num_layers)
+    layers = check_layers(layers, model.network.num_layers)
     class_id = probe_class_id(model)
     kwargs = {"batch_size": batch_size} if batch_size else {}
     ds = dataset_fn(split=split, training=False, **kwargs)
@@ -121,7 +122,7 @@ def extract_features(model, split, layers, batch_size=None, dataset_fn=input_pip
     def run(inputs):
         tokens = model.tokenize(inputs)
         class_ids = tf.fill(tf.shape(tokens)[:1], tf.constant(class_id, tf.int32))
-        _, hidden = model(tokens, class_ids, training=False, return_hidden=True)
+        _, hidden = model.network(tokens, class_ids, training=False, return_hidden=True)
         return [tf.reduce_mean(tf.cast(hidden[i - 1], tf.float32), axis=1) for i in layers]
 
     feats = {layer: [] for layer in layers}
@@ -285,7 +286,7 @@ def probe_prior(model, layers, train_split="train", test_split="test", batch_siz
       `best_layer` (int), `top1` (its test top-1), `num_train`, `num_test`, `num_classes`,
       `feature_dim`, `train_split`, `test_split`.
     """
-    layers = check_layers(layers, model.num_layers)
+    layers = check_layers(layers, model.network.num_layers)
     train_feats, train_y = extract_features(model, train_split, layers, batch_size)
     test_feats, test_y = extract_features(model, test_split, layers, batch_size)
     num_classes = _num_classes(train_y, test_y)
@@ -364,14 +365,16 @@ def run_linear_probe(model_dir, output, layers=None):
       `num_train`, `num_test`, `num_classes`, `feature_dim`, `train_split`, `test_split`,
       `prior` (the model dir), `checkpoint`, `step`, `plot` (the PNG path).
     """
-    model, info, path = evaluator.load_trained_model(
+    model, info, path = loading.load_network(
         model_dir, kinds=("prior",), purpose="linear_probe.py probes a prior (a VIM model dir)"
     )
+    # The probe's datasets and settings are those of the prior's own training config.
+    gin_utils.load_model_dir_config(model_dir)
     if info.get("kind") != "prior":
         raise ValueError(
             f"{model_dir!r} holds a {info.get('kind')!r} model; linear_probe.py probes a prior"
         )
-    layers = check_layers(layers, model.num_layers)
+    layers = check_layers(layers, model.network.num_layers)
     logging.info("probing blocks %s of %s", layers, model_dir)
     result = probe_prior(model, layers)
     plot_path = os.path.splitext(output)[0] + ".png"

@@ -25,7 +25,7 @@ def evaluate_prior(model, dataset_fn=input_pipeline.make_dataset, split="test", 
     @tf.function
     def run(batch):
         tokens = model.tokenize(batch)
-        logits = model(tokens, batch["label"], training=False)
+        logits = model.network(tokens, batch["label"], training=False)
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens, logits=logits)
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tokens), tf.float64)
         return tf.reduce_sum(tf.cast(ce, tf.float64)), tf.reduce_sum(correct), tf.size(tokens)
@@ -124,9 +124,9 @@ def score_prior_samples(
     settings.update(sampling_kwargs or {})
     sampling.check_sampling_args(**settings)
 
-    plan = generate.class_plan(num_samples, model.num_classes)
+    plan = generate.class_plan(num_samples, model.network.num_classes)
     ids = plan if plan is not None else np.zeros([num_samples], np.int32)
-    sampler = sampler or generate.Sampler(model)
+    sampler = sampler or generate.prior_sampler(model)
     fake = streaming_scores.ActivationSummary(kid_max_samples, total=len(ids), seed=seed)
     with_ids = plan is not None
     if acceptance_rate == 1.0:
@@ -156,13 +156,13 @@ def score_prior_samples(
         "classifier": network.name,
         "sampling": {**settings, "seed": int(seed)},
     }
-    if with_ids and fake.score_sums.num_classes != model.num_classes:
+    if with_ids and fake.score_sums.num_classes != model.network.num_classes:
         # E.g. the 1008-way Inception graph on a 1000-class prior: class ids do not correspond.
         logging.warning(
             "class_accuracy not reported: %s has %d classes, the prior %d",
             network.name,
             fake.score_sums.num_classes,
-            model.num_classes,
+            model.network.num_classes,
         )
     elif with_ids:
         out["class_accuracy"] = fake.class_accuracy()

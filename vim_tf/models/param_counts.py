@@ -24,18 +24,14 @@ def vitvqgan_counts(name, image_size=256):
     """Builds `gin/models/<name>.gin` and counts encoder, quantizer, decoder, discriminator."""
     gin.clear_config()
     gin_utils.parse([f"models/{name}.gin"], [f"IMAGE_SIZE = {image_size}"])
-    model = trainer.create_model()
-    x = keras.ops.zeros((1, image_size, image_size, 3))
-    model.encoder(x)
-    model.quantizer.build((None, model.grid_size**2, model.encoder.hidden_dim))
-    model.decoder.build((None, model.grid_size**2, model.decoder.hidden_dim))
-    if model.discriminator is not None:
-        model.discriminator.build((None, image_size, image_size, 3))
+    procedure = trainer.create_model()
+    procedure.build()
+    model, discriminator = procedure.network, procedure.discriminator
     counts = {
         "encoder": _count(model.encoder),
-        "quantizer": _count(model.quantizer),
+        "quantizer": _count(model.codebook),
         "decoder": _count(model.decoder),
-        "discriminator": _count(model.discriminator) if model.discriminator is not None else 0,
+        "discriminator": _count(discriminator) if discriminator is not None else 0,
     }
     gin.clear_config()
     return counts
@@ -66,9 +62,9 @@ def vim_counts(name, grid_size=32, codebook_size=8192, num_classes=1000):
             f"VIM.num_classes = {num_classes}",
         ],
     )
-    model = trainer.create_model()
-    model.build()
-    count = _count(model)
+    network = trainer.create_model().network
+    network.build()
+    count = _count(network)
     gin.clear_config()
     return count
 

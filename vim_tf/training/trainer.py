@@ -187,7 +187,7 @@ def train(
     if chief:
         model_dir_lib.write_model_info(model_dir, dict(model.model_info(), train_steps=train_steps))
         model_dir_lib.write_json(
-            fs.join(model_dir, model_dir_lib.MODEL_CONFIG_FILE), model.get_config()
+            fs.join(model_dir, model_dir_lib.MODEL_CONFIG_FILE), model.network_config()
         )
     if start >= train_steps:
         logging.info(
