@@ -14,6 +14,7 @@ from vim_tf.models import randomness
 
 
 @gin.register
+@keras.saving.register_keras_serializable(package="vim_tf")
 class ImageClassifier(keras.Model):
     """Conv blocks (conv-BN-ReLU x2, then 2x2 max-pool), global average pool, dense features,
     softmax logits.

@@ -32,6 +32,7 @@ def tokens_from_batch(batch, tokenizer, seq_len):
 
 
 @gin.register
+@keras.saving.register_keras_serializable(package="vim_tf")
 class VIM(keras.Model):
     """Decoder-only Transformer over raster-ordered image tokens.
 

@@ -43,6 +43,7 @@ def _check_stack(name, cfg):
 
 
 @gin.register
+@keras.saving.register_keras_serializable(package="vim_tf")
 class ViTVQGAN(keras.Model):
     """ViT encoder -> factorized l2-normalized codebook -> ViT decoder (the tokenizer).
 
