@@ -44,7 +44,8 @@ class ClassifierTraining(TrainingProcedure):
         return dict(super().checkpoint_items(), shift_seed=self.shift_seed.state)
 
     def augment(self, images):
-        """Random translations of images [B, H, W, 3] (zero padding), one per image."""
+        """Random translation of images [B, H, W, 3] (zero padding): one offset per call, drawn
+        from the procedure's seed generator (different on each replica)."""
         s = self.max_shift
         if s == 0:
             return images
