@@ -190,14 +190,14 @@ class ExportTest(TestCase):
         _train(
             cls.dirs["q"],
             "gin/experiments/digits_vitvqgan.gin",
-            tiny_vitvqgan_bindings(data_dir, "TRAIN_STEPS = 2", "ViTVQGAN.disc_start_step = 10"),
+            tiny_vitvqgan_bindings(data_dir, "TRAIN_STEPS = 2", "VQGANTraining.disc_start_step = 10"),
         )
         prior = ("IMAGE_SIZE = 16", "TRAIN_STEPS = 2", "train.image_every = 100")
         _train(
             cls.dirs["p"],
             "gin/experiments/digits_vim.gin",
             with_data_dir(
-                TINY_VIM, data_dir, *prior, "VIM.num_layers = 2", "VIM.class_dropout = 0.1"
+                TINY_VIM, data_dir, *prior, "VIM.num_layers = 2", "PriorTraining.class_dropout = 0.1"
             ),
             quantizer_dir=cls.dirs["q"],
         )
@@ -517,7 +517,7 @@ class GuidanceRefusalTest(TestCase):
         generate_fn = self._generate(class_dropout=0.0)
         self.assertEqual(generate_fn(1.0)["tokens"].shape, (2, GRID, GRID))
         with self.assertRaisesRegex(
-            tf.errors.InvalidArgumentError, r"VIM.class_dropout > 0(.|\n)*got(.|\n)*\b2\b"
+            tf.errors.InvalidArgumentError, r"PriorTraining.class_dropout > 0(.|\n)*got(.|\n)*\b2\b"
         ):
             generate_fn(2.0)
         # Trained with class dropout: the same call is served.

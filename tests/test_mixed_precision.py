@@ -238,7 +238,7 @@ class MixedPrecisionTest(TestCase):
                 data_dir,
                 "TRAIN_STEPS = 2",
                 "CHECKPOINT_EVERY = 2",
-                "ViTVQGAN.disc_start_step = 10",
+                "VQGANTraining.disc_start_step = 10",
                 "set_precision.policy = 'mixed_bfloat16'",
             ),
         )
