@@ -191,14 +191,20 @@ class ExportTest(TestCase):
         _train(
             cls.dirs["q"],
             "gin/experiments/digits_vitvqgan.gin",
-            tiny_vitvqgan_bindings(data_dir, "TRAIN_STEPS = 2", "VQGANTraining.disc_start_step = 10"),
+            tiny_vitvqgan_bindings(
+                data_dir, "TRAIN_STEPS = 2", "VQGANTraining.disc_start_step = 10"
+            ),
         )
         prior = ("IMAGE_SIZE = 16", "TRAIN_STEPS = 2", "train.image_every = 100")
         _train(
             cls.dirs["p"],
             "gin/experiments/digits_vim.gin",
             with_data_dir(
-                TINY_VIM, data_dir, *prior, "VIM.num_layers = 2", "PriorTraining.class_dropout = 0.1"
+                TINY_VIM,
+                data_dir,
+                *prior,
+                "VIM.num_layers = 2",
+                "PriorTraining.class_dropout = 0.1",
             ),
             quantizer_dir=cls.dirs["q"],
         )
@@ -487,9 +493,7 @@ class GuidanceRefusalTest(TestCase):
         from vim_tf.models.vitvqgan import ViTVQGAN
 
         stack = {"num_layers": 1, "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32}
-        network = VIM(
-            **stack, grid_size=GRID, codebook_size=CODES, dropout=0.0, num_classes=3
-        )
+        network = VIM(**stack, grid_size=GRID, codebook_size=CODES, dropout=0.0, num_classes=3)
         tokenizer = ViTVQGAN(
             image_size=SIZE,
             patch_size=SIZE // GRID,

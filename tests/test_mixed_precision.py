@@ -124,9 +124,7 @@ class MixedPrecisionTest(TestCase):
         # Step 0 computes R1 (interval 2) and its metric records it.
         self.assertGreater(want["r1_penalty"], 0.0)
         self.assertEqual(int(model.optimizer.iterations), 1)
-        self.assert_float32_variables(
-            model, model.optimizer, model.discriminator_optimizer
-        )
+        self.assert_float32_variables(model, model.optimizer, model.discriminator_optimizer)
 
         images = data["image"]
         # Activations inside the transformer are bfloat16.

@@ -162,7 +162,9 @@ class Stage2PipelineTest(TestCase):
 
     def test_guidance_needs_a_prior_trained_with_class_dropout(self):
         no_dropout = generate.Sampler(SimpleNamespace(num_classes=10), None, class_dropout=0.0)
-        with self.assertRaisesRegex(ValueError, r"cfg_scale=2.0: .*PriorTraining.class_dropout > 0"):
+        with self.assertRaisesRegex(
+            ValueError, r"cfg_scale=2.0: .*PriorTraining.class_dropout > 0"
+        ):
             no_dropout.sample([1, 2], cfg_scale=2.0)
         uncond = generate.Sampler(SimpleNamespace(num_classes=0), None, class_dropout=0.0)
         with self.assertRaisesRegex(ValueError, r"cfg_scale=1.5: .*unconditional"):

@@ -22,9 +22,9 @@ import tensorflow as tf
 
 from vim_tf.models.vim import VIM
 from vim_tf.models.vitvqgan import ViTVQGAN
+from vim_tf.training import optimizers, precision
 from vim_tf.training.prior import PriorTraining
 from vim_tf.training.vqgan import VQGANTraining
-from vim_tf.training import optimizers, precision
 
 TINY_STACK = {"num_layers": 2, "num_heads": 4, "hidden_dim": 128, "mlp_dim": 512}
 SS_STACK = {"num_layers": 8, "num_heads": 8, "hidden_dim": 512, "mlp_dim": 2048}

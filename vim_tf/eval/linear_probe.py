@@ -13,8 +13,9 @@ bias) on shuffled mini-batches for a fixed number of epochs. The problem is conv
 initialization loses nothing and makes the result depend only on the seed's shuffling order.
 
 The prior never sees a label: an unconditional prior gets its start token; a class-conditional
-prior gets only its null class (untrained unless it was trained with `VIM.class_dropout > 0`;
-probe an unconditional prior, e.g. gin/experiments/digits_vim_uncond.gin, for the paper's setup).
+prior gets only its null class (untrained unless it was trained with
+`PriorTraining.class_dropout > 0`; probe an unconditional prior, e.g.
+gin/experiments/digits_vim_uncond.gin, for the paper's setup).
 """
 
 import io

@@ -1,4 +1,4 @@
-"""Parameter counts of the gin model configs next to the paper's (PAPER.md tables)."""
+"""Parameter counts of the gin model configs next to the paper's (the paper, Table 1)."""
 
 import gin
 import keras
@@ -6,7 +6,7 @@ import keras
 from vim_tf.config import gin_utils
 from vim_tf.training import trainer
 
-# Millions of parameters per stack (encoder or decoder) in PAPER.md's table.
+# Millions of parameters per stack (encoder or decoder) in the paper's Table 1.
 PAPER_STACK_PARAMS_M = {"small": 32, "base": 91, "large": 599}
 PAPER_VIM_M = {"vim_base": 650, "vim_large": 1697}
 PAPER_VITVQGAN = {

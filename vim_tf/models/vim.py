@@ -323,4 +323,3 @@ class VIM(keras.Model):
             num_classes=self.num_classes,
         )
         return config
-

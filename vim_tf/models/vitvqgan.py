@@ -41,7 +41,6 @@ def _check_stack(name, cfg):
     return dict(cfg)
 
 
-
 @gin.register
 @keras.saving.register_keras_serializable(package="vim_tf")
 class ViTVQGAN(keras.Model):

@@ -45,12 +45,16 @@ class PriorTraining(TrainingProcedure):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        checks.check_float("PriorTraining", "class_dropout", class_dropout, 0.0, 1.0, high_open=True)
+        checks.check_float(
+            "PriorTraining", "class_dropout", class_dropout, 0.0, 1.0, high_open=True
+        )
         self.quantizer_dir = quantizer_dir
         if quantizer_dir and tokenizer is None:
             # Checked before anything is restored: a wrong dir fails fast.
             model_dir_lib.check_model_dir(
-                quantizer_dir, ("quantizer",), "a prior's quantizer is a trained stage-1 ViT-VQGAN dir"
+                quantizer_dir,
+                ("quantizer",),
+                "a prior's quantizer is a trained stage-1 ViT-VQGAN dir",
             )
         self.network = self._make_network(network, tokenizer, quantizer_dir)
         if class_dropout > 0 and self.network.num_classes == 0:
