@@ -153,6 +153,59 @@ def _check_split(name, x, y, num_classes):
         )
 
 
+def _check_probe_args(train, test, num_classes, epochs, batch_size, learning_rate, weight_decay):
+    """`train_probe`'s argument checks, with messages naming the bad value."""
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"train_probe.{name} must be a positive int, got {value!r}")
+    if weight_decay < 0 or learning_rate <= 0:
+        raise ValueError(
+            f"train_probe needs learning_rate > 0 and weight_decay >= 0, got {learning_rate} "
+            f"and {weight_decay}"
+        )
+    _check_split("train", *train, num_classes)
+    _check_split("test", *test, num_classes)
+    if train[0].shape[1] != test[0].shape[1]:
+        raise ValueError(f"train/test feature dims differ: {train[0].shape} vs {test[0].shape}")
+
+
+def _standardize(train_x, test_x):
+    """Both splits standardized with the train split's mean and std (constant dimensions are
+    only centered); float32."""
+    mean = train_x.mean(axis=0, dtype=np.float64)
+    std = train_x.std(axis=0, dtype=np.float64)
+    std = np.where(std > 1e-6, std, 1.0)
+    return ((train_x - mean) / std).astype(np.float32), ((test_x - mean) / std).astype(np.float32)
+
+
+def _fit_head(head, optimizer, train_x, train_y, batch_size, epochs, seed):
+    """`epochs` passes of mini-batch softmax cross-entropy over the shuffled train features."""
+    variables = head.trainable_variables
+    n = len(train_x)
+    batch = min(int(batch_size), n)
+    steps = math.ceil(n / batch)
+    x, y = tf.constant(train_x), tf.constant(train_y)
+
+    @tf.function
+    def run_epoch(order):
+        # The whole epoch in one graph: Python overhead per step would dominate a tiny head.
+        for i in tf.range(steps):
+            idx = order[i * batch : (i + 1) * batch]
+            xb, yb = tf.gather(x, idx), tf.gather(y, idx)
+            with tf.GradientTape() as tape:
+                logits = head(xb)
+                loss = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits)
+                )
+            optimizer.apply(tape.gradient(loss, variables), variables)
+
+    rng = np.random.default_rng(seed)
+    for _ in range(int(epochs)):
+        run_epoch(tf.constant(rng.permutation(n), tf.int32))
+
+
 @gin.configurable(denylist=["train_x", "train_y", "test_x", "test_y", "num_classes"])
 def train_probe(
     train_x,
@@ -188,26 +241,12 @@ def train_probe(
     test_x = np.asarray(test_x, np.float32)
     train_y = np.asarray(train_y).astype(np.int32)
     test_y = np.asarray(test_y).astype(np.int32)
-    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"train_probe.{name} must be a positive int, got {value!r}")
-    if weight_decay < 0 or learning_rate <= 0:
-        raise ValueError(
-            f"train_probe needs learning_rate > 0 and weight_decay >= 0, got {learning_rate} "
-            f"and {weight_decay}"
-        )
-    _check_split("train", train_x, train_y, num_classes)
-    _check_split("test", test_x, test_y, num_classes)
-    if train_x.shape[1] != test_x.shape[1]:
-        raise ValueError(f"train/test feature dims differ: {train_x.shape} vs {test_x.shape}")
+    _check_probe_args(
+        (train_x, train_y), (test_x, test_y), num_classes, epochs, batch_size, learning_rate,
+        weight_decay,
+    )  # fmt: skip
     if normalize:
-        mean = train_x.mean(axis=0, dtype=np.float64)
-        std = train_x.std(axis=0, dtype=np.float64)
-        std = np.where(std > 1e-6, std, 1.0)
-        train_x = ((train_x - mean) / std).astype(np.float32)
-        test_x = ((test_x - mean) / std).astype(np.float32)
+        train_x, test_x = _standardize(train_x, test_x)
 
     head = keras.layers.Dense(
         num_classes, kernel_initializer="zeros", bias_initializer="zeros", dtype="float32"
@@ -218,30 +257,9 @@ def train_probe(
         optimizer.exclude_from_weight_decay(var_list=[head.bias])
     else:
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
-    variables = head.trainable_variables
-    optimizer.build(variables)
+    optimizer.build(head.trainable_variables)
 
-    n = len(train_x)
-    batch = min(int(batch_size), n)
-    steps = math.ceil(n / batch)
-    x, y = tf.constant(train_x), tf.constant(train_y)
-
-    @tf.function
-    def run_epoch(order):
-        # The whole epoch in one graph: Python overhead per step would dominate a tiny head.
-        for i in tf.range(steps):
-            idx = order[i * batch : (i + 1) * batch]
-            xb, yb = tf.gather(x, idx), tf.gather(y, idx)
-            with tf.GradientTape() as tape:
-                logits = head(xb)
-                loss = tf.reduce_mean(
-                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits)
-                )
-            optimizer.apply(tape.gradient(loss, variables), variables)
-
-    rng = np.random.default_rng(seed)
-    for _ in range(int(epochs)):
-        run_epoch(tf.constant(rng.permutation(n), tf.int32))
+    _fit_head(head, optimizer, train_x, train_y, batch_size, epochs, seed)
 
     def accuracy(features, labels):
         preds = np.concatenate(
