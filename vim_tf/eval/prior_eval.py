@@ -124,7 +124,7 @@ def score_prior_samples(
     settings.update(sampling_kwargs or {})
     sampling.check_sampling_args(**settings)
 
-    plan = generate.class_plan(num_samples, model.network.num_classes)
+    plan = generate.class_plan(num_samples, model.num_classes)
     ids = plan if plan is not None else np.zeros([num_samples], np.int32)
     sampler = sampler or generate.prior_sampler(model)
     fake = streaming_scores.ActivationSummary(kid_max_samples, total=len(ids), seed=seed)
@@ -156,13 +156,13 @@ def score_prior_samples(
         "classifier": network.name,
         "sampling": {**settings, "seed": int(seed)},
     }
-    if with_ids and fake.score_sums.num_classes != model.network.num_classes:
+    if with_ids and fake.score_sums.num_classes != model.num_classes:
         # E.g. the 1008-way Inception graph on a 1000-class prior: class ids do not correspond.
         logging.warning(
             "class_accuracy not reported: %s has %d classes, the prior %d",
             network.name,
             fake.score_sums.num_classes,
-            model.network.num_classes,
+            model.num_classes,
         )
     elif with_ids:
         out["class_accuracy"] = fake.class_accuracy()

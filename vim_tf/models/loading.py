@@ -38,6 +38,11 @@ class TrainedPrior:
     quantizer_dir: Optional[str] = None
     class_dropout: float = 0.0
 
+    @property
+    def num_classes(self):
+        """The network's class count (0: unconditional): what sample plans need."""
+        return self.network.num_classes
+
     def tokenize(self, batch):
         """Token ids int32 [B, N] of a batch: its `tokens`, or its `image`s through the
         tokenizer."""
