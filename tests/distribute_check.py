@@ -53,13 +53,13 @@ _QUANTIZER = (
     f"ViTVQGAN.decoder = {_STACK}",
     "ViTVQGAN.codebook_size = 16",
     "ViTVQGAN.code_dim = 4",
-    "ViTVQGAN.discriminator = {'channel_base': 64, 'channel_max': 8, 'mbstd_group_size': 4}",
+    "VQGANTraining.discriminator = {'channel_base': 64, 'channel_max': 8, 'mbstd_group_size': 4}",
     "WarmupCosine.warmup_steps = 1",
 )
 CASES = {
     "quantizer_restart": (
         "gin/experiments/digits_vitvqgan.gin",
-        _QUANTIZER + ("ViTVQGAN.restart_dead_codes = True", "ViTVQGAN.disc_start_step = 100"),
+        _QUANTIZER + ("ViTVQGAN.restart_dead_codes = True", "VQGANTraining.disc_start_step = 100"),
         "contiguous",
     ),
     "quantizer_gan": (
@@ -67,9 +67,9 @@ CASES = {
         _QUANTIZER
         + (
             "ViTVQGAN.restart_dead_codes = False",
-            "ViTVQGAN.disc_start_step = 0",
-            "ViTVQGAN.r1_interval = 2",
-            "ViTVQGAN.r1_gamma = 1.0",
+            "VQGANTraining.disc_start_step = 0",
+            "VQGANTraining.r1_interval = 2",
+            "VQGANTraining.r1_gamma = 1.0",
         ),
         "strided",
     ),
@@ -83,7 +83,7 @@ CASES = {
             "VIM.hidden_dim = 16",
             "VIM.mlp_dim = 32",
             "VIM.dropout = 0.0",
-            "VIM.class_dropout = 0.0",
+            "PriorTraining.class_dropout = 0.0",
             # A constant rate (a variable, mirrored under the strategy) instead of a schedule.
             "make_optimizer.learning_rate = 0.001",
         ),
@@ -146,10 +146,9 @@ def _fake_quantizer_dir(path):
         decoder=ast.literal_eval(_STACK),
         codebook_size=16,
         code_dim=4,
-        adversarial_weight=0.0,
     )
     q.build()
-    model_dir_lib.write_model_info(path, q.model_info())
+    model_dir_lib.write_model_info(path, dict(q.model_info(), kind="quantizer"))
     model_dir_lib.write_json(os.path.join(path, model_dir_lib.MODEL_CONFIG_FILE), q.get_config())
     tf.train.Checkpoint(model=q).save(os.path.join(path, "ckpt"))
     return path

@@ -46,6 +46,8 @@ def main(argv=None):
     from vim_tf.models.classifier import ImageClassifier
     from vim_tf.models.randomness import ReplicaDropout
     from vim_tf.models.vim import VIM
+    from vim_tf.training.classifier import ClassifierTraining
+    from vim_tf.training.prior import PriorTraining
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
@@ -55,7 +57,7 @@ def main(argv=None):
         return layer
 
     def prior():
-        model = VIM(
+        network = VIM(
             grid_size=2,
             codebook_size=8,
             num_layers=1,
@@ -63,16 +65,15 @@ def main(argv=None):
             hidden_dim=8,
             mlp_dim=8,
             num_classes=10,
-            class_dropout=0.5,
         )
+        model = PriorTraining(network, class_dropout=0.5)
         model.build()
         return model
 
     def classifier():
-        model = ImageClassifier(
-            image_size=16, num_classes=10, channels=(4,), feature_dim=8, max_shift=4
-        )
-        model.build((None, 16, 16, 3))
+        network = ImageClassifier(image_size=16, num_classes=10, channels=(4,), feature_dim=8)
+        model = ClassifierTraining(network, max_shift=4)
+        model.build()
         return model
 
     cases = {

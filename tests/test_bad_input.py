@@ -370,7 +370,8 @@ CONFIG_CASES = [
     ("batch_size_zero", QUANTIZER, ["BATCH_SIZE = 0"], None,
      r"make_dataset\.batch_size \(%BATCH_SIZE\) must be a positive int, got 0", True),
     ("quantizer_dir_for_a_quantizer", QUANTIZER, [], "quantizer",
-     r"--quantizer_dir is for a prior \(VIM\), but this experiment trains a ViTVQGAN", True),
+     r"--quantizer_dir is for a prior \(VIM\), but this experiment trains a ViTVQGAN "
+     r"\(create_model\.model_class = @VQGANTraining\)", True),
     ("prior_grid_mismatch", PRIOR, ["VIM.grid_size = 5"], "quantizer",
      r"VIM\.grid_size is 5 but the quantizer at .* has grid_size 4", False),
     ("prior_codebook_mismatch", PRIOR, ["VIM.codebook_size = 32"], "quantizer",
@@ -559,7 +560,7 @@ class LibraryWrongDirTest(TestCase, parameterized.TestCase):
         from vim_tf.data import tokens
         from vim_tf.eval import evaluator, generate, linear_probe
         from vim_tf.export import exporter
-        from vim_tf.models import vitvqgan
+        from vim_tf.models import loading
 
         return {
             "evaluate": lambda d: evaluator.evaluate(d, os.path.join(out, "m.json")),
@@ -567,8 +568,9 @@ class LibraryWrongDirTest(TestCase, parameterized.TestCase):
             "export": lambda d: exporter.export_model_dir(d, out),
             "linear_probe": lambda d: linear_probe.run_linear_probe(d, os.path.join(out, "p.json")),
             "encode": lambda d: tokens.encode_splits(d, out),
-            "load_quantizer": vitvqgan.load_quantizer,
-            "load_classifier": evaluator.load_classifier,
+            "load_tokenizer": loading.load_tokenizer,
+            "load_classifier": loading.load_classifier,
+            "load_network": lambda d: loading.load_network(d, kinds=("prior",), purpose="a prior"),
         }
 
     @parameterized.parameters(
@@ -582,8 +584,10 @@ class LibraryWrongDirTest(TestCase, parameterized.TestCase):
         ("linear_probe", "classifier", r"holds a 'classifier' model, not a 'prior': linear_probe\.py probes a prior"),
         ("linear_probe", "prior_no_ckpt", r"no checkpoint in"),
         ("encode", "prior", r"holds a 'prior' model, not a 'quantizer'"),
-        ("load_quantizer", "quantizer_no_ckpt", r"no checkpoint in '.*quantizer_no_ckpt'"),
-        ("load_quantizer", "missing", r"does not exist"),
+        ("load_tokenizer", "quantizer_no_ckpt", r"no checkpoint in '.*quantizer_no_ckpt'"),
+        ("load_tokenizer", "missing", r"does not exist"),
+        ("load_network", "classifier", r"holds a 'classifier' model, not a 'prior': a prior"),
+        ("load_network", "prior_no_ckpt", r"no checkpoint in '.*prior_no_ckpt'"),
         ("load_classifier", "prior", r"holds a 'prior' model, not a 'classifier': the scoring network"),
         ("load_classifier", "empty", r"it is empty"),
     )  # fmt: skip

@@ -21,9 +21,10 @@ import tensorflow as tf
 
 from testcase import TestCase
 from tiny import TINY_CLASSIFIER, TINY_VIM, tiny_vitvqgan_bindings, with_data_dir
-from vim_tf.eval import evaluator, networks
+from vim_tf.eval import networks
 from vim_tf.eval.scores import ScoringNetwork
 from vim_tf.export import exporter
+from vim_tf.models import loading
 from vim_tf.sampling.sampler import Sampler
 from vim_tf.sampling.settings import SamplingSettings
 from vim_tf.training import train_lib
@@ -192,14 +193,20 @@ class ExportTest(TestCase):
         _train(
             cls.dirs["q"],
             "gin/experiments/digits_vitvqgan.gin",
-            tiny_vitvqgan_bindings(data_dir, "TRAIN_STEPS = 2", "ViTVQGAN.disc_start_step = 10"),
+            tiny_vitvqgan_bindings(
+                data_dir, "TRAIN_STEPS = 2", "VQGANTraining.disc_start_step = 10"
+            ),
         )
         prior = ("IMAGE_SIZE = 16", "TRAIN_STEPS = 2", "train.image_every = 100")
         _train(
             cls.dirs["p"],
             "gin/experiments/digits_vim.gin",
             with_data_dir(
-                TINY_VIM, data_dir, *prior, "VIM.num_layers = 2", "VIM.class_dropout = 0.1"
+                TINY_VIM,
+                data_dir,
+                *prior,
+                "VIM.num_layers = 2",
+                "PriorTraining.class_dropout = 0.1",
             ),
             quantizer_dir=cls.dirs["q"],
         )
@@ -253,21 +260,22 @@ class ExportTest(TestCase):
         priors = {}
         for k in "pu":
             gin.clear_config()
-            priors[k] = model = evaluator.load_trained_model(cls.dirs[k])[0]
-            tokens = model.tokenize({"image": x})
+            priors[k] = prior = loading.load_network(cls.dirs[k])[0]
+            model = prior.network
+            tokens = prior.tokenize({"image": x})
             class_ids = tf.fill([len(images)], model.null_class if model.num_classes else 0)
             layer = 2 if k == "p" else 1
             ref[f"{k}/features"] = model.features(tokens, class_ids, layer=layer).numpy()
         for case, inputs, (t, top_k, top_p, cfg_scale, seed) in GENERATE_CASES:
             model = priors["u" if "num_images" in inputs else "p"]
             class_ids = inputs.get("class_ids", [0] * inputs.get("num_images", 0))
-            tokens, sampled = Sampler(model, model.quantizer).sample(
+            tokens, sampled = Sampler.of_trained_prior(model).sample(
                 np.asarray(class_ids, np.int32), seed, SamplingSettings(t, top_k, top_p, cfg_scale)
             )
             ref[f"generate/{case}/tokens"] = tokens
             ref[f"generate/{case}/images"] = image_utils.to_uint8(sampled)
         gin.clear_config()
-        classifier = evaluator.load_classifier(cls.dirs["c"])
+        classifier = loading.load_classifier(cls.dirs["c"])
         ref["c/logits"] = classifier(x, training=False).numpy()
         ref["c/features"] = classifier.features(x).numpy()
         cls.keras_scores = ScoringNetwork.from_keras(classifier, name="in_process").activations(
@@ -482,30 +490,24 @@ class GuidanceRefusalTest(TestCase):
     """The served generate signature refuses guidance where tools/sample.py does (no training)."""
 
     def _generate(self, class_dropout):
+        from vim_tf.models.loading import TrainedPrior
         from vim_tf.models.vim import VIM
         from vim_tf.models.vitvqgan import ViTVQGAN
 
         stack = {"num_layers": 1, "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32}
-        prior = VIM(
-            **stack,
-            grid_size=GRID,
-            codebook_size=CODES,
-            dropout=0.0,
-            num_classes=3,
-            class_dropout=class_dropout,
-        )
-        prior.quantizer = ViTVQGAN(
+        network = VIM(**stack, grid_size=GRID, codebook_size=CODES, dropout=0.0, num_classes=3)
+        tokenizer = ViTVQGAN(
             image_size=SIZE,
             patch_size=SIZE // GRID,
             encoder=stack,
             decoder=stack,
             codebook_size=CODES,
             code_dim=4,
-            adversarial_weight=0.0,
         )
-        prior.quantizer.build()
-        prior.build()
-        fns = {name: fn for name, fn, _ in exporter.prior_endpoints(prior, prior.quantizer, 1, 3)}
+        tokenizer.build()
+        network.build()
+        prior = TrainedPrior(network, tokenizer, class_dropout=class_dropout)
+        fns = {name: fn for name, fn, _ in exporter.prior_endpoints(prior, 1, 3)}
         return lambda cfg_scale: fns["generate"](
             tf.constant([0, 2]),
             tf.constant(1.0),
@@ -519,7 +521,7 @@ class GuidanceRefusalTest(TestCase):
         generate_fn = self._generate(class_dropout=0.0)
         self.assertEqual(generate_fn(1.0)["tokens"].shape, (2, GRID, GRID))
         with self.assertRaisesRegex(
-            tf.errors.InvalidArgumentError, r"VIM.class_dropout > 0(.|\n)*got(.|\n)*\b2\b"
+            tf.errors.InvalidArgumentError, r"PriorTraining.class_dropout > 0(.|\n)*got(.|\n)*\b2\b"
         ):
             generate_fn(2.0)
         # Trained with class dropout: the same call is served.

@@ -27,9 +27,9 @@ SEED = 0
 # The quantizer's discriminator starts mid-run, and R1 runs on its first step (interval 2).
 QUANTIZER = (
     f"TRAIN_STEPS = {STEPS}",
-    "ViTVQGAN.disc_start_step = 2",
-    "ViTVQGAN.r1_interval = 2",
-    "ViTVQGAN.r1_gamma = 10.0",
+    "VQGANTraining.disc_start_step = 2",
+    "VQGANTraining.r1_interval = 2",
+    "VQGANTraining.r1_gamma = 10.0",
 )
 CASES = {
     "quantizer": "gin/experiments/digits_vitvqgan.gin",

@@ -78,6 +78,30 @@ class GinConfigTest(TestCase, parameterized.TestCase):
             self.assertEqual(got, size)
             self.assertAllClose(gin.query_parameter("VIM.dropout"), 0.1)
 
+    def test_experiment_bindings_reach_the_procedure_and_its_network(self):
+        from vim_tf.training import trainer
+
+        gin_utils.parse(["experiments/digits_vitvqgan.gin"], ["IMAGE_SIZE = 16"])
+        procedure = trainer.create_model()
+        self.assertEqual(type(procedure).__name__, "VQGANTraining")
+        self.assertEqual((procedure.disc_start_step, procedure.r1_gamma), (1200, 1.0))
+        network = procedure.network
+        self.assertEqual(type(network).__name__, "ViTVQGAN")
+        self.assertEqual((network.image_size, network.patch_size), (16, 4))
+        self.assertTrue(network.restart_dead_codes)
+        gin.clear_config()
+        gin_utils.parse(["experiments/digits_classifier.gin"], ["ClassifierTraining.max_shift = 3"])
+        procedure = trainer.create_model()
+        self.assertEqual(procedure.max_shift, 3)
+        self.assertEqual(procedure.network.channels, (32, 64, 128))
+        gin.clear_config()
+        gin_utils.parse(
+            ["experiments/digits_vim.gin"], ["VIM.grid_size = 2", "VIM.codebook_size = 8"]
+        )
+        procedure = trainer.create_model()
+        self.assertAllClose(procedure.class_dropout, 0.1)
+        self.assertEqual((procedure.network.num_classes, procedure.network.grid_size), (10, 2))
+
     def test_unknown_parameter_names_file_and_line(self):
         with self.assertRaisesRegex(ValueError, "ViTVQGAN.nonsense"):
             gin_utils.parse(["experiments/digits_vitvqgan.gin"], ["ViTVQGAN.nonsense = 1"])

@@ -32,23 +32,9 @@ FORBIDDEN = {
     "export": _TOP,
 }
 
-# Edges that break the rules today and belong to work in progress elsewhere in the redesign
-# (networks apart from training procedures; the model loaders moving out of eval/evaluator.py).
-# Delete each one when its owner's change lands; `test_known_exceptions_are_real` fails on stale
-# entries.
-KNOWN_EXCEPTIONS = {
-    # VIM, ViTVQGAN and ImageClassifier are still their own training procedures.
-    ("vim_tf.models.classifier", "vim_tf.training.guard"),
-    ("vim_tf.models.classifier", "vim_tf.training.procedure"),
-    ("vim_tf.models.vim", "vim_tf.training.guard"),
-    ("vim_tf.models.vim", "vim_tf.training.procedure"),
-    ("vim_tf.models.vitvqgan", "vim_tf.training.guard"),
-    ("vim_tf.models.vitvqgan", "vim_tf.training.procedure"),
-    # VIM.summary_images (a training-procedure method) samples.
-    ("vim_tf.models.vim", "vim_tf.sampling.decoding"),
-    # evaluator.load_classifier, until the network loaders move below eval.
-    ("vim_tf.eval.networks", "vim_tf.eval.evaluator"),
-}
+# Edges allowed to break the rules while a move is in progress (none today); each entry names
+# one (importer, imported) pair, and `test_known_exceptions_are_real` fails on stale entries.
+KNOWN_EXCEPTIONS = set()
 
 
 def module_names(package_dir, package=PACKAGE):

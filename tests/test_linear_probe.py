@@ -11,11 +11,13 @@ import tensorflow as tf
 from testcase import TestCase
 from tiny import TINY_VIM, train_tiny_quantizer, with_data_dir
 from vim_tf.eval import linear_probe
+from vim_tf.models import loading
 from vim_tf.models.vim import VIM
 from vim_tf.training import train_lib
 
 
 def make_prior(num_classes):
+    """A `TrainedPrior` without a tokenizer (the tests feed tokens)."""
     model = VIM(
         num_layers=2,
         num_heads=2,
@@ -27,7 +29,7 @@ def make_prior(num_classes):
         num_classes=num_classes,
     )
     model.build()
-    return model
+    return loading.TrainedPrior(model, None, class_dropout=0.1)
 
 
 def token_dataset(tokens, labels):
@@ -97,8 +99,9 @@ class ExtractFeaturesTest(TestCase):
     def _spied_extract(self, model, tokens, labels, layers):
         """Runs extract_features recording what reaches the prior."""
         seen = {"tokenize_keys": [], "class_slots": 0}
-        tokenize, class_slots = model.tokenize, model.class_slots
-        expected = model.null_class if model.num_classes else 0
+        network = model.network
+        tokenize, class_slots = model.tokenize, network.class_slots
+        expected = network.null_class if network.num_classes else 0
 
         def spy_tokenize(batch):
             seen["tokenize_keys"].append(sorted(batch))
@@ -111,8 +114,9 @@ class ExtractFeaturesTest(TestCase):
             return class_slots(class_ids)
 
         with (
-            mock.patch.object(model, "tokenize", side_effect=spy_tokenize),
-            mock.patch.object(model, "class_slots", side_effect=spy_class_slots),
+            # A frozen dataclass: its method is patched on the class.
+            mock.patch.object(loading.TrainedPrior, "tokenize", side_effect=spy_tokenize),
+            mock.patch.object(network, "class_slots", side_effect=spy_class_slots),
         ):
             feats, got_labels = linear_probe.extract_features(
                 model, "train", layers, batch_size=4, dataset_fn=token_dataset(tokens, labels)
@@ -125,11 +129,12 @@ class ExtractFeaturesTest(TestCase):
         return feats, got_labels
 
     def test_conditional_prior_sees_only_the_null_class(self):
-        model = make_prior(num_classes=3)
+        prior = make_prior(num_classes=3)
+        model = prior.network
         rng = np.random.default_rng(0)
         tokens = rng.integers(0, 8, size=(10, 4)).astype(np.int32)
         labels = rng.integers(0, 3, size=10).astype(np.int32)
-        feats, got_labels = self._spied_extract(model, tokens, labels, [2, 1])
+        feats, got_labels = self._spied_extract(prior, tokens, labels, [2, 1])
         np.testing.assert_array_equal(got_labels, labels)
         self.assertEqual(sorted(feats), [1, 2])
 
@@ -150,11 +155,11 @@ class ExtractFeaturesTest(TestCase):
         )
 
     def test_unconditional_prior_gets_zeros(self):
-        model = make_prior(num_classes=0)
+        prior = make_prior(num_classes=0)
         tokens = np.random.randint(0, 8, size=(6, 4)).astype(np.int32)
         labels = np.arange(6, dtype=np.int32)
-        feats, _ = self._spied_extract(model, tokens, labels, [1])
-        self.assertAllClose(feats[1], model.features(tokens, layer=1), atol=1e-5)
+        feats, _ = self._spied_extract(prior, tokens, labels, [1])
+        self.assertAllClose(feats[1], prior.network.features(tokens, layer=1), atol=1e-5)
 
     def test_bad_layer_and_empty_split(self):
         model = make_prior(num_classes=0)

@@ -28,7 +28,7 @@ def _tiny_bindings(data_dir):
         "BATCH_SIZE = 8",
         "TRAIN_STEPS = 4",
         "CHECKPOINT_EVERY = 2",
-        "ViTVQGAN.disc_start_step = 2",
+        "VQGANTraining.disc_start_step = 2",
         "train_probe.epochs = 2",
         f"make_dataset.data_dir = '{data_dir}'",
     ]

@@ -14,6 +14,8 @@ from vim_tf.models.vim import VIM
 from vim_tf.models.vit import patchify
 from vim_tf.models.vitvqgan import ViTVQGAN
 from vim_tf.training import optimizers, precision, train_lib
+from vim_tf.training.prior import PriorTraining
+from vim_tf.training.vqgan import VQGANTraining
 
 STACK = {"num_layers": 1, "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32}
 
@@ -21,21 +23,16 @@ STACK = {"num_layers": 1, "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32}
 def make_quantizer(policy):
     """The tiny quantizer with an active discriminator, built under `policy`."""
     keras.config.set_dtype_policy(policy)
-    model = ViTVQGAN(
-        image_size=16,
-        patch_size=4,
-        encoder=STACK,
-        decoder=STACK,
-        codebook_size=16,
-        code_dim=4,
-        discriminator={"channel_base": 64, "channel_max": 8},
-        r1_interval=2,
-        disc_start_step=0,
+    network = ViTVQGAN(
+        image_size=16, patch_size=4, encoder=STACK, decoder=STACK, codebook_size=16, code_dim=4
+    )
+    model = VQGANTraining(
+        network, discriminator={"channel_base": 64, "channel_max": 8}, r1_interval=2
     )
     model.build_all()
     model.compile(
-        generator=optimizers.make_optimizer(learning_rate=1e-3),
-        discriminator=optimizers.make_optimizer(learning_rate=1e-3),
+        optimizer=optimizers.make_optimizer(learning_rate=1e-3),
+        discriminator_optimizer=optimizers.make_optimizer(learning_rate=1e-3),
     )
     model.build_optimizers()
     return model
@@ -43,7 +40,7 @@ def make_quantizer(policy):
 
 def make_prior(policy):
     keras.config.set_dtype_policy(policy)
-    model = VIM(
+    network = VIM(
         num_layers=2,
         num_heads=2,
         hidden_dim=16,
@@ -53,8 +50,9 @@ def make_prior(policy):
         dropout=0.0,
         num_classes=3,
     )
+    model = PriorTraining(network)
     model.build()
-    model.compile(prior=optimizers.make_optimizer(learning_rate=1e-3))
+    model.compile(optimizer=optimizers.make_optimizer(learning_rate=1e-3))
     model.build_optimizers()
     return model
 
@@ -125,31 +123,29 @@ class MixedPrecisionTest(TestCase):
             self.assertAllClose(got[name], want[name], rtol=0.1, atol=0.02, msg=name)
         # Step 0 computes R1 (interval 2) and its metric records it.
         self.assertGreater(want["r1_penalty"], 0.0)
-        self.assertEqual(int(model.generator_optimizer.iterations), 1)
-        self.assert_float32_variables(
-            model, model.generator_optimizer, model.discriminator_optimizer
-        )
+        self.assertEqual(int(model.optimizer.iterations), 1)
+        self.assert_float32_variables(model, model.optimizer, model.discriminator_optimizer)
 
         images = data["image"]
         # Activations inside the transformer are bfloat16.
-        tokens = model.encoder.patch_embed(patchify(images, 4))
+        tokens = model.network.encoder.patch_embed(patchify(images, 4))
         self.assertEqual(tokens.dtype, tf.bfloat16)
-        self.assertEqual(model.encoder.transformer(tokens).dtype, tf.bfloat16)
-        self.assertEqual(model.decoder.transformer.block_0.attn.compute_dtype, "bfloat16")
+        self.assertEqual(model.network.encoder.transformer(tokens).dtype, tf.bfloat16)
+        self.assertEqual(model.network.decoder.transformer.block_0.attn.compute_dtype, "bfloat16")
         # The quantizer's lookup vectors, distances and losses are float32: its indices are the
         # float32 nearest codes of its (float32) lookup vectors.
-        q = model.quantizer(model.encoder(images))
+        q = model.network.codebook(model.network.encoder(images))
         self.assertEqual(q["z"].dtype, tf.float32)
         for name in ("vq_loss", "codebook_loss", "commitment_loss"):
             self.assertEqual(q[name].dtype, tf.float32, msg=name)
         z = q["z"].numpy().reshape(-1, 4)
-        cb = model.quantizer.codebook.numpy()
+        cb = model.network.codebook.codebook.numpy()
         cb = cb / np.linalg.norm(cb, axis=-1, keepdims=True)
         np.testing.assert_array_equal(q["indices"].numpy().reshape(-1), np.argmax(z @ cb.T, -1))
-        self.assertEqual(model.quantizer.normalized_codebook().dtype, tf.float32)
+        self.assertEqual(model.network.codebook.normalized_codebook().dtype, tf.float32)
         # The output head and the losses that read it are float32.
-        out = model(images)
-        self.assertEqual(model.decoder.to_pixels.compute_dtype, "float32")
+        out = model.network(images)
+        self.assertEqual(model.network.decoder.to_pixels.compute_dtype, "float32")
         for name in ("loc", "log_scale", "reconstruction"):
             self.assertEqual(out[name].dtype, tf.float32, msg=name)
         # R1 is computed and returned in float32 and stays close to the float32 model's.
@@ -167,11 +163,11 @@ class MixedPrecisionTest(TestCase):
         got = results(tf.function(model.train_step)(data))
         self.assertTrue(np.isfinite(got["loss"]))
         self.assertAllClose(got["loss"], want["loss"], rtol=0.02)
-        self.assert_float32_variables(model, model.prior_optimizer)
-        logits, hidden = model(data["tokens"], data["label"], return_hidden=True)
+        self.assert_float32_variables(model, model.optimizer)
+        logits, hidden = model.network(data["tokens"], data["label"], return_hidden=True)
         self.assertEqual(logits.dtype, tf.float32)
         self.assertEqual(hidden[0].dtype, tf.bfloat16)
-        self.assertEqual(model.head.compute_dtype, "float32")
+        self.assertEqual(model.network.head.compute_dtype, "float32")
         # The updated weights moved like the float32 model's (Adam's first step is ~lr*sign(g)).
         self.assert_updates_agree(ref, model, min_agreement=0.8, before=start)
 
@@ -195,7 +191,7 @@ class MixedPrecisionTest(TestCase):
         data = image_batch()
         ref = make_quantizer("float32")
         model = make_quantizer("mixed_float16")
-        self.assertIsInstance(model.generator_optimizer, keras.optimizers.LossScaleOptimizer)
+        self.assertIsInstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         self.assertIsInstance(model.discriminator_optimizer, keras.optimizers.LossScaleOptimizer)
         start = ref.get_weights()
         model.set_weights(start)
@@ -205,11 +201,11 @@ class MixedPrecisionTest(TestCase):
             self.assertTrue(np.isfinite(got[name]), msg=name)
             self.assertAllClose(got[name], want[name], rtol=0.05, atol=0.02, msg=name)
         # Finite scaled gradients: both updates applied, the scale (2**15) kept.
-        self.assertEqual(int(model.generator_optimizer.iterations), 1)
+        self.assertEqual(int(model.optimizer.iterations), 1)
         self.assertEqual(int(model.discriminator_optimizer.iterations), 1)
-        self.assertEqual(float(model.generator_optimizer.dynamic_scale), 2.0**15)
+        self.assertEqual(float(model.optimizer.dynamic_scale), 2.0**15)
         self.assert_float32_variables(
-            model, model.generator_optimizer.inner_optimizer, model.discriminator_optimizer
+            model, model.optimizer.inner_optimizer, model.discriminator_optimizer
         )
         # The gradients were unscaled before Adam: the update matches the float32 one.
         self.assert_updates_agree(ref, model, min_agreement=0.8, before=start)
@@ -218,13 +214,13 @@ class MixedPrecisionTest(TestCase):
         data = token_batch()
         ref = make_prior("float32")
         model = make_prior("mixed_float16")
-        self.assertIsInstance(model.prior_optimizer, keras.optimizers.LossScaleOptimizer)
+        self.assertIsInstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         start = ref.get_weights()
         model.set_weights(start)
         want = results(tf.function(ref.train_step)(data))
         got = results(tf.function(model.train_step)(data))
         self.assertAllClose(got["loss"], want["loss"], rtol=0.02)
-        self.assertEqual(int(model.prior_optimizer.iterations), 1)
+        self.assertEqual(int(model.optimizer.iterations), 1)
         self.assert_updates_agree(ref, model, min_agreement=0.8, before=start)
 
     # ------------------------------------------------------------ through train_lib and gin
@@ -238,13 +234,13 @@ class MixedPrecisionTest(TestCase):
                 data_dir,
                 "TRAIN_STEPS = 2",
                 "CHECKPOINT_EVERY = 2",
-                "ViTVQGAN.disc_start_step = 10",
+                "VQGANTraining.disc_start_step = 10",
                 "set_precision.policy = 'mixed_bfloat16'",
             ),
         )
         self.assertEqual(int(model.step), 2)
-        self.assertEqual(model.encoder.transformer.block_0.compute_dtype, "bfloat16")
-        self.assertEqual(model.quantizer.codebook.dtype, "float32")
+        self.assertEqual(model.network.encoder.transformer.block_0.compute_dtype, "bfloat16")
+        self.assertEqual(model.network.codebook.codebook.dtype, "float32")
         self.assert_float32_variables(model)
         self.assertEqual(precision.current_policy(), "float32")
         self.assertIn(

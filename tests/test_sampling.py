@@ -225,7 +225,9 @@ class SamplerTest(TestCase):
 
     def test_guidance_needs_a_prior_trained_with_class_dropout(self):
         no_dropout = Sampler(SimpleNamespace(num_classes=10, class_dropout=0.0), None)
-        with self.assertRaisesRegex(ValueError, r"cfg_scale=2.0: .*VIM.class_dropout > 0"):
+        with self.assertRaisesRegex(
+            ValueError, r"cfg_scale=2.0: .*PriorTraining.class_dropout > 0"
+        ):
             no_dropout.sample([1, 2], settings=SamplingSettings(cfg_scale=2.0))
         uncond = Sampler(SimpleNamespace(num_classes=0, class_dropout=0.0), None)
         with self.assertRaisesRegex(ValueError, r"cfg_scale=1.5: .*unconditional"):

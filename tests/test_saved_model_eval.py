@@ -10,6 +10,7 @@ from testcase import TestCase
 from tiny import TINY_CLASSIFIER, TINY_VIM, train_tiny_quantizer, with_data_dir
 from vim_tf.eval import evaluator, saved_model_eval
 from vim_tf.export import exporter
+from vim_tf.models import loading
 from vim_tf.sampling.sampler import Sampler
 from vim_tf.sampling.settings import SamplingSettings
 from vim_tf.training import train_lib
@@ -73,10 +74,10 @@ class SavedModelEvalTest(TestCase):
         gin.clear_config()
         path = exporter.export_model_dir(self.p_dir, os.path.join(self.get_temp_dir(), "sx"))
         gin.clear_config()
-        model = evaluator.load_trained_model(self.p_dir)[0]
+        model = loading.load_network(self.p_dir)[0]
         plan = np.array([0, 3, 3, 7, 9], np.int32)
         settings = SamplingSettings(top_k=4)
-        local, _ = Sampler(model, model.quantizer).sample(plan, 11, settings, batch_size=2)
+        local, _ = Sampler.of_trained_prior(model).sample(plan, 11, settings, batch_size=2)
         served = saved_model_eval.ServedSampler(
             tf.saved_model.load(path), saved_model_eval.read_export_info(path)
         )

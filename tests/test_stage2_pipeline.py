@@ -11,6 +11,7 @@ import tensorflow as tf
 from testcase import TestCase
 from tiny import TINY_CLASSIFIER, TINY_VIM, train_tiny_quantizer, with_data_dir
 from vim_tf.eval import evaluator, generate
+from vim_tf.models import loading
 from vim_tf.sampling.sampler import Sampler
 from vim_tf.sampling.settings import SamplingSettings, split_seed
 from vim_tf.training import train_lib
@@ -69,8 +70,8 @@ class Stage2PipelineTest(TestCase):
             p_dir, out_dir, 20, ["3", "7"], settings=top_k, seed=5, jit_compile=True
         )
         np.testing.assert_array_equal(arrays["tokens"], xla["tokens"])
-        model, _, _ = evaluator.load_trained_model(p_dir)
-        decoded = model.decode(tf.constant(arrays["tokens"])).numpy()
+        prior, _, _ = loading.load_network(p_dir)
+        decoded = prior.decode(tf.constant(arrays["tokens"])).numpy()
         self.assertLessEqual(np.abs(decoded * 255 - arrays["images"]).max(), 0.5 + 1e-3)
 
         gin.clear_config()
@@ -104,9 +105,7 @@ class Stage2PipelineTest(TestCase):
         info = tokens.read_token_info(token_dir)
         self.assertEqual((info["grid_size"], info["codebook_size"]), (4, 16))
         # The shards hold exactly what the quantizer's encoder gives for the test images.
-        from vim_tf.models.vitvqgan import load_quantizer
-
-        quantizer = load_quantizer(self.q_dir)
+        quantizer = loading.load_tokenizer(self.q_dir)
         images, labels = [], []
         for b in input_pipeline.make_dataset(split="test", training=False):
             images.append(b["image"].numpy())
@@ -125,9 +124,9 @@ class Stage2PipelineTest(TestCase):
         differ = np.argwhere(got_tokens != expected)
         self.assertLessEqual(len(differ), 3, f"{len(differ)} tokens differ")
         if len(differ):
-            z, _ = quantizer.quantizer.lookup(quantizer.encoder(images, training=False))
+            z, _ = quantizer.codebook.lookup(quantizer.encoder(images, training=False))
             dots = np.einsum(
-                "bnd,kd->bnk", z.numpy(), np.asarray(quantizer.quantizer.normalized_codebook())
+                "bnd,kd->bnk", z.numpy(), np.asarray(quantizer.codebook.normalized_codebook())
             )
             for b, n in differ:
                 self.assertAlmostEqual(
@@ -239,7 +238,7 @@ class Stage2PipelineTest(TestCase):
         metrics = evaluator.evaluate(c_dir, out)
         self.assertEqual(json.load(open(out))["num_images"], 360)
         self.assertBetween(metrics["accuracy"], 0.0, 1.0)
-        classifier = evaluator.load_classifier(c_dir)
+        classifier = loading.load_classifier(c_dir)
         from vim_tf.eval import classifier_eval
 
         images = np.random.uniform(size=(6, 16, 16, 3)).astype(np.float32)

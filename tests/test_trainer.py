@@ -13,6 +13,7 @@ from testcase import TestCase
 from tiny import tiny_vitvqgan_bindings
 from vim_tf.config import gin_utils
 from vim_tf.eval import evaluator
+from vim_tf.models import loading
 from vim_tf.training import train_lib, trainer
 from vim_tf.utils import model_dir as model_dir_lib
 
@@ -96,7 +97,7 @@ class TrainerTest(TestCase):
             self.assertAllClose(saved[key], metrics[key])
         self.assertEqual(saved["num_images"], 360)
         self.assertEqual(saved["step"], 9)
-        model, _, _ = evaluator.load_trained_model(model_dir)
+        model, _, _ = loading.load_network(model_dir)
         from vim_tf.data import input_pipeline
 
         images = np.concatenate(

@@ -9,8 +9,8 @@ TINY_VITVQGAN = (
     "ViTVQGAN.decoder = {'num_layers': 1, 'num_heads': 2, 'hidden_dim': 16, 'mlp_dim': 32}",
     "ViTVQGAN.codebook_size = 16",
     "ViTVQGAN.code_dim = 4",
-    "ViTVQGAN.discriminator = {'channel_base': 64, 'channel_max': 8}",
-    "ViTVQGAN.disc_start_step = 3",
+    "VQGANTraining.discriminator = {'channel_base': 64, 'channel_max': 8}",
+    "VQGANTraining.disc_start_step = 3",
     "WarmupCosine.warmup_steps = 2",
     "train.log_every = 2",
     "train.image_every = 3",
@@ -64,7 +64,9 @@ def train_tiny_quantizer(model_dir, data_dir, steps=2):
     model = train_lib.run(
         model_dir,
         ["gin/experiments/digits_vitvqgan.gin"],
-        tiny_vitvqgan_bindings(data_dir, f"TRAIN_STEPS = {steps}", "ViTVQGAN.disc_start_step = 10"),
+        tiny_vitvqgan_bindings(
+            data_dir, f"TRAIN_STEPS = {steps}", "VQGANTraining.disc_start_step = 10"
+        ),
     )
     gin.clear_config()
     return model

@@ -138,11 +138,11 @@ def encode_splits(quantizer_dir, output_dir, splits=("train", "test"), batch_siz
     """
     from vim_tf.config import gin_utils
     from vim_tf.data import input_pipeline
-    from vim_tf.models.vitvqgan import load_quantizer
+    from vim_tf.models.loading import load_tokenizer
 
-    quantizer = load_quantizer(quantizer_dir)
+    quantizer = load_tokenizer(quantizer_dir)
     gin_utils.load_model_dir_config(quantizer_dir)
-    # Every experiment names its dataset through the DATASET macro (DESIGN.md).
+    # Every experiment names its dataset through the DATASET macro.
     dataset = gin.query_parameter("%DATASET")
     encode = tf.function(quantizer.encode)
     info = {

@@ -1,51 +1,16 @@
-"""What `tools/evaluate.py` does: rebuild a trained model from its model dir and score it."""
+"""What `tools/evaluate.py` does: load a trained network from its model dir and score it."""
 
 import tensorflow as tf
 from absl import logging
 
 from vim_tf.config import gin_utils
 from vim_tf.eval import classifier_eval, networks, prior_eval, quantizer_eval, saved_model_eval
+from vim_tf.models import loading
 from vim_tf.sampling.sampler import Sampler
 from vim_tf.sampling.settings import split_seed
-from vim_tf.training import trainer
 from vim_tf.utils import fs
 from vim_tf.utils import images as image_utils
 from vim_tf.utils import model_dir as model_dir_lib
-
-
-def load_trained_model(model_dir, checkpoint=None, kinds=model_dir_lib.KINDS, purpose=None):
-    """Re-parses the model dir's config, builds the model and restores its newest checkpoint.
-
-    Args:
-      kinds, purpose: accepted model kinds, checked (with the dir itself and its checkpoint)
-        before anything is built; see `model_dir.check_model_dir`.
-
-    Returns:
-      (model, model_info dict, checkpoint path).
-    """
-    info = model_dir_lib.check_model_dir(
-        model_dir, kinds, purpose, need_checkpoint=checkpoint is None
-    )
-    gin_utils.load_model_dir_config(model_dir)
-    kwargs = {"quantizer_dir": info["quantizer_dir"]} if info.get("quantizer_dir") else {}
-    model = trainer.create_model(**kwargs)
-    model.build_all()
-    path = model_dir_lib.restore_latest(model, model_dir, checkpoint)
-    logging.info("restored %s (%s)", path, info.get("kind"))
-    return model, info, path
-
-
-def load_classifier(classifier_dir):
-    """A trained `ImageClassifier` from its model dir (rebuilt from its Keras config)."""
-    from vim_tf.models.classifier import ImageClassifier
-
-    model_dir_lib.check_model_dir(
-        classifier_dir, ("classifier",), "the scoring network must be a classifier model dir"
-    )
-    model = ImageClassifier.from_config(model_dir_lib.read_model_config(classifier_dir))
-    model.build()
-    model_dir_lib.restore_latest(model, classifier_dir)
-    return model
 
 
 def evaluate_export(
@@ -88,9 +53,13 @@ def evaluate(
       sampling: the prior's sampling settings, a dict of temperature, top_k, top_p, cfg_scale
         and seed (default: the paper's, temperature 1 without top-k, top-p or guidance; seed 0).
     """
-    model, info, path = load_trained_model(
-        model_dir, checkpoint, purpose="evaluate.py scores quantizers, priors and classifiers"
+    model, info, path = loading.load_network(
+        model_dir,
+        purpose="evaluate.py scores quantizers, priors and classifiers",
+        checkpoint=checkpoint,
     )
+    # The datasets the scores read are those of the model's own training config.
+    gin_utils.load_model_dir_config(model_dir)
     kind = info.get("kind")
     network = networks.load_scoring_network(classifier) if classifier else None
     settings, seed = split_seed(sampling)
@@ -130,7 +99,7 @@ def _evaluate_prior(model, network, num_samples, acceptance_rate, floor_split, s
             "file of your own for the paper's Inception scores)"
         )
         return metrics
-    sampler = Sampler(model, model.quantizer)
+    sampler = Sampler.of_trained_prior(model)
     metrics.update(
         prior_eval.score_prior_samples(
             sampler, network, num_samples, acceptance_rate, seed, settings, floor_split=floor_split

@@ -3,7 +3,8 @@
 import numpy as np
 from absl import logging
 
-from vim_tf.eval import evaluator, networks
+from vim_tf.eval import networks
+from vim_tf.models import loading
 from vim_tf.sampling import rejection
 from vim_tf.sampling import sampler as sampler_lib
 from vim_tf.sampling.settings import SamplingSettings
@@ -42,12 +43,12 @@ def generate(
       priors): int32 [N], "acceptance_rate": float}.
     """
     settings = SamplingSettings() if settings is None else settings
-    model, info, _ = evaluator.load_trained_model(model_dir, kinds=("prior",), purpose=_PURPOSE)
+    prior, info, _ = loading.load_network(model_dir, kinds=("prior",), purpose=_PURPOSE)
     if info.get("kind") != "prior":
         raise ValueError(f"{model_dir!r} holds a {info.get('kind')!r} model; {_PURPOSE}")
-    plan = sampler_lib.class_plan(num_samples, model.num_classes, class_ids)
+    plan = sampler_lib.class_plan(num_samples, prior.num_classes, class_ids)
     ids = sampler_lib.plan_ids(plan, num_samples)
-    sampler = sampler_lib.Sampler(model, model.quantizer, jit_compile)
+    sampler = sampler_lib.Sampler.of_trained_prior(prior, jit_compile)
     if acceptance_rate < 1.0:
         network = _rejection_network(classifier, plan)
         tokens, images, achieved = rejection.rejection_sample(

@@ -13,8 +13,9 @@ bias) on shuffled mini-batches for a fixed number of epochs. The problem is conv
 initialization loses nothing and makes the result depend only on the seed's shuffling order.
 
 The prior never sees a label: an unconditional prior gets its start token; a class-conditional
-prior gets only its null class (untrained unless it was trained with `VIM.class_dropout > 0`;
-probe an unconditional prior, e.g. gin/experiments/digits_vim_uncond.gin, for the paper's setup).
+prior gets only its null class (untrained unless it was trained with
+`PriorTraining.class_dropout > 0`; probe an unconditional prior, e.g.
+gin/experiments/digits_vim_uncond.gin, for the paper's setup).
 """
 
 import io
@@ -29,7 +30,7 @@ from absl import logging
 
 from vim_tf.config import gin_utils
 from vim_tf.data import input_pipeline
-from vim_tf.eval import evaluator
+from vim_tf.models import loading
 from vim_tf.utils import fs
 from vim_tf.utils import model_dir as model_dir_lib
 
@@ -71,25 +72,26 @@ def check_layers(layers, num_layers):
 
 
 def probe_class_id(model):
-    """The class id fed to the prior for features: never a real label.
+    """The class id fed to the prior (a `loading.TrainedPrior`) for features: never a real label.
 
     Unconditional priors (num_classes == 0) get 0 (their start token); class-conditional priors
     get their null class.
     """
-    if model.num_classes == 0:
+    network = model.network
+    if network.num_classes == 0:
         return 0
     logging.info(
         "class-conditional prior (%d classes): features use only its null class %d, never the "
         "label",
-        model.num_classes,
-        model.null_class,
+        network.num_classes,
+        network.null_class,
     )
-    if not getattr(model, "class_dropout", 0.0):
+    if not model.class_dropout:
         logging.warning(
             "the prior was trained with class_dropout=0, so its null-class embedding is untrained; "
             "probe an unconditional prior (e.g. gin/experiments/digits_vim_uncond.gin) instead"
         )
-    return model.null_class
+    return network.null_class
 
 
 def extract_features(model, split, layers, batch_size=None, dataset_fn=input_pipeline.make_dataset):
@@ -99,7 +101,7 @@ def extract_features(model, split, layers, batch_size=None, dataset_fn=input_pip
     (`model.tokenize` of the batch without its label) and `probe_class_id(model)`, never the label.
 
     Args:
-      model: a built `VIM`.
+      model: a `loading.TrainedPrior` (its network and tokenizer).
       split: split name for `dataset_fn`.
       layers: 1-based block numbers (validated with `check_layers`).
       batch_size: evaluation batch size (None: the gin-bound `make_dataset.batch_size`).
@@ -112,7 +114,7 @@ def extract_features(model, split, layers, batch_size=None, dataset_fn=input_pip
     Raises:
       ValueError: bad layers, or an empty split.
     """
-    layers = check_layers(layers, model.num_layers)
+    layers = check_layers(layers, model.network.num_layers)
     class_id = probe_class_id(model)
     kwargs = {"batch_size": batch_size} if batch_size else {}
     ds = dataset_fn(split=split, training=False, **kwargs)
@@ -121,7 +123,7 @@ def extract_features(model, split, layers, batch_size=None, dataset_fn=input_pip
     def run(inputs):
         tokens = model.tokenize(inputs)
         class_ids = tf.fill(tf.shape(tokens)[:1], tf.constant(class_id, tf.int32))
-        _, hidden = model(tokens, class_ids, training=False, return_hidden=True)
+        _, hidden = model.network(tokens, class_ids, training=False, return_hidden=True)
         return [tf.reduce_mean(tf.cast(hidden[i - 1], tf.float32), axis=1) for i in layers]
 
     feats = {layer: [] for layer in layers}
@@ -149,6 +151,59 @@ def _check_split(name, x, y, num_classes):
             f"{name} labels must be in [0, {num_classes - 1}] (num_classes={num_classes}), "
             f"got {sorted(set(bad.tolist()))[:10]}"
         )
+
+
+def _check_probe_args(train, test, num_classes, epochs, batch_size, learning_rate, weight_decay):
+    """`train_probe`'s argument checks, with messages naming the bad value."""
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"train_probe.{name} must be a positive int, got {value!r}")
+    if weight_decay < 0 or learning_rate <= 0:
+        raise ValueError(
+            f"train_probe needs learning_rate > 0 and weight_decay >= 0, got {learning_rate} "
+            f"and {weight_decay}"
+        )
+    _check_split("train", *train, num_classes)
+    _check_split("test", *test, num_classes)
+    if train[0].shape[1] != test[0].shape[1]:
+        raise ValueError(f"train/test feature dims differ: {train[0].shape} vs {test[0].shape}")
+
+
+def _standardize(train_x, test_x):
+    """Both splits standardized with the train split's mean and std (constant dimensions are
+    only centered); float32."""
+    mean = train_x.mean(axis=0, dtype=np.float64)
+    std = train_x.std(axis=0, dtype=np.float64)
+    std = np.where(std > 1e-6, std, 1.0)
+    return ((train_x - mean) / std).astype(np.float32), ((test_x - mean) / std).astype(np.float32)
+
+
+def _fit_head(head, optimizer, train_x, train_y, batch_size, epochs, seed):
+    """`epochs` passes of mini-batch softmax cross-entropy over the shuffled train features."""
+    variables = head.trainable_variables
+    n = len(train_x)
+    batch = min(int(batch_size), n)
+    steps = math.ceil(n / batch)
+    x, y = tf.constant(train_x), tf.constant(train_y)
+
+    @tf.function
+    def run_epoch(order):
+        # The whole epoch in one graph: Python overhead per step would dominate a tiny head.
+        for i in tf.range(steps):
+            idx = order[i * batch : (i + 1) * batch]
+            xb, yb = tf.gather(x, idx), tf.gather(y, idx)
+            with tf.GradientTape() as tape:
+                logits = head(xb)
+                loss = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits)
+                )
+            optimizer.apply(tape.gradient(loss, variables), variables)
+
+    rng = np.random.default_rng(seed)
+    for _ in range(int(epochs)):
+        run_epoch(tf.constant(rng.permutation(n), tf.int32))
 
 
 @gin.configurable(denylist=["train_x", "train_y", "test_x", "test_y", "num_classes"])
@@ -186,26 +241,12 @@ def train_probe(
     test_x = np.asarray(test_x, np.float32)
     train_y = np.asarray(train_y).astype(np.int32)
     test_y = np.asarray(test_y).astype(np.int32)
-    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"train_probe.{name} must be a positive int, got {value!r}")
-    if weight_decay < 0 or learning_rate <= 0:
-        raise ValueError(
-            f"train_probe needs learning_rate > 0 and weight_decay >= 0, got {learning_rate} "
-            f"and {weight_decay}"
-        )
-    _check_split("train", train_x, train_y, num_classes)
-    _check_split("test", test_x, test_y, num_classes)
-    if train_x.shape[1] != test_x.shape[1]:
-        raise ValueError(f"train/test feature dims differ: {train_x.shape} vs {test_x.shape}")
+    _check_probe_args(
+        (train_x, train_y), (test_x, test_y), num_classes, epochs, batch_size, learning_rate,
+        weight_decay,
+    )  # fmt: skip
     if normalize:
-        mean = train_x.mean(axis=0, dtype=np.float64)
-        std = train_x.std(axis=0, dtype=np.float64)
-        std = np.where(std > 1e-6, std, 1.0)
-        train_x = ((train_x - mean) / std).astype(np.float32)
-        test_x = ((test_x - mean) / std).astype(np.float32)
+        train_x, test_x = _standardize(train_x, test_x)
 
     head = keras.layers.Dense(
         num_classes, kernel_initializer="zeros", bias_initializer="zeros", dtype="float32"
@@ -216,30 +257,9 @@ def train_probe(
         optimizer.exclude_from_weight_decay(var_list=[head.bias])
     else:
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
-    variables = head.trainable_variables
-    optimizer.build(variables)
+    optimizer.build(head.trainable_variables)
 
-    n = len(train_x)
-    batch = min(int(batch_size), n)
-    steps = math.ceil(n / batch)
-    x, y = tf.constant(train_x), tf.constant(train_y)
-
-    @tf.function
-    def run_epoch(order):
-        # The whole epoch in one graph: Python overhead per step would dominate a tiny head.
-        for i in tf.range(steps):
-            idx = order[i * batch : (i + 1) * batch]
-            xb, yb = tf.gather(x, idx), tf.gather(y, idx)
-            with tf.GradientTape() as tape:
-                logits = head(xb)
-                loss = tf.reduce_mean(
-                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits)
-                )
-            optimizer.apply(tape.gradient(loss, variables), variables)
-
-    rng = np.random.default_rng(seed)
-    for _ in range(int(epochs)):
-        run_epoch(tf.constant(rng.permutation(n), tf.int32))
+    _fit_head(head, optimizer, train_x, train_y, batch_size, epochs, seed)
 
     def accuracy(features, labels):
         preds = np.concatenate(
@@ -285,7 +305,7 @@ def probe_prior(model, layers, train_split="train", test_split="test", batch_siz
       `best_layer` (int), `top1` (its test top-1), `num_train`, `num_test`, `num_classes`,
       `feature_dim`, `train_split`, `test_split`.
     """
-    layers = check_layers(layers, model.num_layers)
+    layers = check_layers(layers, model.network.num_layers)
     train_feats, train_y = extract_features(model, train_split, layers, batch_size)
     test_feats, test_y = extract_features(model, test_split, layers, batch_size)
     num_classes = _num_classes(train_y, test_y)
@@ -364,14 +384,16 @@ def run_linear_probe(model_dir, output, layers=None):
       `num_train`, `num_test`, `num_classes`, `feature_dim`, `train_split`, `test_split`,
       `prior` (the model dir), `checkpoint`, `step`, `plot` (the PNG path).
     """
-    model, info, path = evaluator.load_trained_model(
+    model, info, path = loading.load_network(
         model_dir, kinds=("prior",), purpose="linear_probe.py probes a prior (a VIM model dir)"
     )
+    # The probe's datasets and settings are those of the prior's own training config.
+    gin_utils.load_model_dir_config(model_dir)
     if info.get("kind") != "prior":
         raise ValueError(
             f"{model_dir!r} holds a {info.get('kind')!r} model; linear_probe.py probes a prior"
         )
-    layers = check_layers(layers, model.num_layers)
+    layers = check_layers(layers, model.network.num_layers)
     logging.info("probing blocks %s of %s", layers, model_dir)
     result = probe_prior(model, layers)
     plot_path = os.path.splitext(output)[0] + ".png"

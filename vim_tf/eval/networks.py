@@ -3,6 +3,7 @@ class accuracy), below the evaluators that use it."""
 
 from vim_tf.eval import inception
 from vim_tf.eval.scores import ScoringNetwork
+from vim_tf.models import loading
 from vim_tf.utils import fs
 from vim_tf.utils import model_dir as model_dir_lib
 
@@ -16,9 +17,7 @@ def load_scoring_network(path):
       a `ScoringNetwork`.
     """
     if fs.exists(fs.join(path, model_dir_lib.MODEL_INFO_FILE)):
-        from vim_tf.eval import evaluator  # its load_classifier moves to the model loaders
-
-        model = evaluator.load_classifier(path)
+        model = loading.load_classifier(path)
         return ScoringNetwork.from_keras(model, name=f"vim_tf_classifier:{fs.abspath(path)}")
     try:
         return inception.load(path)

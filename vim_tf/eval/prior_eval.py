@@ -27,7 +27,7 @@ def evaluate_prior(model, dataset_fn=input_pipeline.make_dataset, split="test", 
     @tf.function
     def run(batch):
         tokens = model.tokenize(batch)
-        logits = model(tokens, batch["label"], training=False)
+        logits = model.network(tokens, batch["label"], training=False)
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens, logits=logits)
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tokens), tf.float64)
         return tf.reduce_sum(tf.cast(ce, tf.float64)), tf.reduce_sum(correct), tf.size(tokens)

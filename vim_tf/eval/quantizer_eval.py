@@ -80,9 +80,7 @@ def evaluate_quantizer(
         codebook_size=int(model.codebook_size),
     )
     if network is not None:
-        metrics["rfid"] = streaming_scores.frechet_distance_from_moments(
-            real_moments, fake_moments
-        )
+        metrics["rfid"] = streaming_scores.frechet_distance_from_moments(real_moments, fake_moments)
         metrics["classifier"] = network.name
     metrics["examples"] = (np.stack(inputs), np.stack(recs))
     return metrics

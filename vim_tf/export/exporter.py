@@ -36,6 +36,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from vim_tf.models import loading
 from vim_tf.sampling import decoding, seeds
 from vim_tf.sampling.settings import KEYS as SETTING_KEYS
 from vim_tf.sampling.settings import SettingTensors
@@ -206,8 +207,8 @@ def _conditional_generate(prior, sample):
                 _check(
                     tf.equal(cfg_scale, 1.0),
                     "cfg_scale must be 1: classifier-free guidance needs a prior trained "
-                    "with VIM.class_dropout > 0 and this one had class_dropout=0 (its null "
-                    "class is untrained); got",
+                    "with PriorTraining.class_dropout > 0 and this one had class_dropout=0 "
+                    "(its null class is untrained); got",
                     cfg_scale,
                 )
             )
@@ -235,12 +236,12 @@ def _unconditional_generate(sample):
     return generate, _scalar(tf.int32, "num_images")
 
 
-def prior_endpoints(prior, tokenizer, feature_layer, feature_class_id):
-    """generate / features of a `VIM`, then its tokenizer's encode / decode / reconstruct.
+def prior_endpoints(prior, feature_layer, feature_class_id):
+    """generate / features of a trained prior, then its tokenizer's encode / decode / reconstruct.
 
     Args:
-      prior: a restored `VIM` network.
-      tokenizer: its stage-1 `ViTVQGAN` (images <-> tokens).
+      prior: a `loading.TrainedPrior` (the restored `VIM` network, its stage-1 tokenizer and
+        the class dropout it was trained with).
       feature_layer: 1-based block whose token-averaged output `features` returns.
       feature_class_id: the class id fed with the tokens for `features` (the linear probe's:
         the start token of an unconditional prior, the null class of a conditional one).
@@ -248,7 +249,8 @@ def prior_endpoints(prior, tokenizer, feature_layer, feature_class_id):
     Returns:
       list of (name, fn, input_signature); the first is the default.
     """
-    sample = _sampler(prior, tokenizer)
+    network, tokenizer = prior.network, prior.tokenizer
+    sample = _sampler(network, tokenizer)
     if prior.num_classes:
         generate, first = _conditional_generate(prior, sample)
     else:
@@ -256,9 +258,9 @@ def prior_endpoints(prior, tokenizer, feature_layer, feature_class_id):
 
     def features(images):
         """images uint8 [B, H, W, 3] -> {"features": float32 [B, hidden_dim]}."""
-        tokens = tf.reshape(tokenizer.encode(from_uint8(images)), [-1, prior.seq_len])
+        tokens = tf.reshape(tokenizer.encode(from_uint8(images)), [-1, network.seq_len])
         class_ids = tf.fill(tf.shape(tokens)[:1], tf.constant(feature_class_id, tf.int32))
-        out = prior.features(tokens, class_ids, layer=feature_layer)
+        out = network.features(tokens, class_ids, layer=feature_layer)
         return {"features": tf.cast(out, tf.float32)}
 
     size = tokenizer.image_size
@@ -289,31 +291,14 @@ def classifier_endpoints(classifier):
 
 # ----------------------------------------------------------------- model dir -> export
 def load_model(model_dir):
-    """The model of a trained model dir, restored for inference.
-
-    Quantizers are rebuilt without their discriminator and perceptual network (training-only
-    parts, which would otherwise land in the export). Priors and classifiers come from
-    `vim_tf.eval.evaluator.load_trained_model`.
+    """The inference network of a trained model dir (`vim_tf.models.loading.load_network`):
+    nothing of training (discriminator, perceptual network, optimizers) lands in the export.
 
     Returns:
-      (model, model_info dict, checkpoint path).
+      (network, model_info dict, checkpoint path).
     """
-    info = model_dir_lib.check_model_dir(
+    return loading.load_network(
         model_dir, model_dir_lib.KINDS, "export.py exports quantizers, priors and classifiers"
-    )
-    kind = info.get("kind")
-    if kind == "quantizer":
-        from vim_tf.models.vitvqgan import load_quantizer
-
-        model = load_quantizer(model_dir)
-        return model, info, model.restored_checkpoint
-    if kind in ("prior", "classifier"):
-        from vim_tf.eval import evaluator
-
-        return evaluator.load_trained_model(model_dir)
-    raise ValueError(
-        f"{model_dir!r} holds a {kind!r} model; export.py exports quantizers, priors and "
-        "classifiers"
     )
 
 
@@ -374,25 +359,25 @@ def _model_description(model, kind, model_dir):
     if kind == "prior":
         from vim_tf.eval import linear_probe
 
-        if model.quantizer is None:
+        if model.tokenizer is None:
             raise ValueError(
                 f"the prior in {model_dir!r} has no quantizer (its model_info.json names no "
                 "quantizer_dir): an export needs it to turn images into tokens and back"
             )
-        layer, source = feature_layer(model, model_dir)
+        layer, source = feature_layer(model.network, model_dir)
         class_id = linear_probe.probe_class_id(model)
         desc = dict(
-            image_size=model.quantizer.image_size,
-            grid_size=model.grid_size,
-            codebook_size=model.codebook_size,
-            num_classes=model.num_classes,
-            num_layers=model.num_layers,
+            image_size=model.tokenizer.image_size,
+            grid_size=model.network.grid_size,
+            codebook_size=model.network.codebook_size,
+            num_classes=model.network.num_classes,
+            num_layers=model.network.num_layers,
             feature_layer=layer,
             feature_layer_source=source,
             feature_class_id=class_id,
             quantizer_dir=model.quantizer_dir,
         )
-        return desc, prior_endpoints(model, model.quantizer, layer, class_id)
+        return desc, prior_endpoints(model, layer, class_id)
     desc = dict(
         image_size=model.image_size,
         grid_size=None,
@@ -438,7 +423,11 @@ def export_model_dir(model_dir, export_dir, version=None):
     desc, endpoints = _model_description(model, kind, model_dir)
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    if kind == "prior":
+        archive.track(model.network)
+        archive.track(model.tokenizer)
+    else:
+        archive.track(model)
     signatures = {}
     for name, fn, specs in endpoints:
         traced = archive.add_endpoint(name, _with_shape_checks(fn, specs), input_signature=specs)

@@ -426,8 +426,8 @@ class StyleGANDiscriminator(keras.Model):
     logits = disc(tf.random.uniform([4, 16, 16, 3]))  # [4] float32
     ```
 
-    In a gin file: `VQGANTrainer.discriminator = @StyleGANDiscriminator()` with
-    `StyleGANDiscriminator.image_size = 256`.
+    In a gin file: `VQGANTraining.discriminator = {'channel_base': 32768, 'channel_max': 512}`
+    (the training procedure builds it at its network's image size).
 
     Args:
         image_size: int, a power of 2 >= 8; input height and width.

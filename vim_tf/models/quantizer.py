@@ -1,4 +1,4 @@
-"""The factorized, l2-normalized vector quantizer of ViT-VQGAN (PAPER.md, stage 1)."""
+"""The factorized, l2-normalized codebook of ViT-VQGAN (the paper, Sec. 3.1)."""
 
 import keras
 import tensorflow as tf
@@ -63,7 +63,7 @@ class VectorQuantizer(keras.layers.Layer):
     (initialized from a standard normal). The matched code passes to the decoder with a
     straight-through gradient and is projected back up to `output_dim`.
 
-    VQ loss (PAPER.md): ||sg[z] - e||^2 + beta * ||z - sg[e]||^2, squared Euclidean norms over the
+    VQ loss (the paper, Sec. 3.1): ||sg[z] - e||^2 + beta * ||z - sg[e]||^2, squared Euclidean norms over the
     code dimension, averaged over tokens.
 
     Args:

@@ -1,12 +1,13 @@
-"""VIM: the decoder-only Transformer prior over ViT-VQGAN tokens (PAPER.md, stage 2).
+"""VIM: the decoder-only Transformer prior over ViT-VQGAN tokens (the paper, Sec. 4).
 
 Sequence layout: position 0 holds the class token (class-conditional) or a start token
 (unconditional); position i > 0 holds image token i - 1; the output at position i predicts image
 token i (raster order). Every input position also gets the learnable 2-D positional embedding of
 the token it predicts.
-"""
 
-import math
+This module holds the inference network only; its training procedure (class dropout, the frozen
+tokenizer of image batches, the NLL loss) is `vim_tf.training.prior.PriorTraining`.
+"""
 
 import gin
 import keras
@@ -17,39 +18,44 @@ from keras import ops
 from vim_tf.config import checks
 from vim_tf.models import randomness
 from vim_tf.models.vit import TransformerStack
-from vim_tf.models.vitvqgan import load_quantizer
-from vim_tf.training import guard
-from vim_tf.training.procedure import TrainingProcedure
-from vim_tf.utils import fs
-from vim_tf.utils import model_dir as model_dir_lib
+
+
+def tokens_from_batch(batch, tokenizer, seq_len):
+    """Token ids int32 [B, seq_len] of a batch: its `tokens`, or its `image`s through the
+    (frozen) tokenizer, a `ViTVQGAN` or None."""
+    if "tokens" in batch:
+        return ops.reshape(ops.cast(batch["tokens"], "int32"), (-1, seq_len))
+    if tokenizer is None:
+        raise ValueError("batches of images need the prior's quantizer (--quantizer_dir)")
+    tokens = tf.stop_gradient(tokenizer.encode(batch["image"]))
+    return ops.reshape(tokens, (-1, seq_len))
+
 
 # Attention logit of a masked (future) position, as in `vim_tf.models.vit.Attention`.
 _MASKED = -1e9
 
 
 @gin.register
-class VIM(TrainingProcedure):
+@keras.saving.register_keras_serializable(package="vim_tf")
+class VIM(keras.Model):
     """Decoder-only Transformer over raster-ordered image tokens.
 
     Args:
-      grid_size: tokens per side (the quantizer's grid; the sequence has grid_size**2 tokens).
-      codebook_size: token vocabulary (the quantizer's codebook size).
-      num_layers, num_heads, hidden_dim, mlp_dim: Transformer size (PAPER.md table).
+      num_layers, num_heads, hidden_dim, mlp_dim: Transformer size (the paper, Table 1).
+      grid_size: tokens per side (the tokenizer's grid; the sequence has grid_size**2 tokens).
+      codebook_size: token vocabulary (the tokenizer's codebook size). `PriorTraining` passes
+        both from its tokenizer.
       dropout: on residual branches, MLP activations and attention weights (0.1 in the paper).
       num_classes: 0 for an unconditional prior; otherwise a class-id token with its own
         embedding table is prepended, plus one "null" class (id `num_classes`) used for
         classifier-free guidance.
-      class_dropout: training probability of replacing the class with the null class (enables
-        classifier-free guidance; not in the paper, 0 there).
-      quantizer_dir: the trained stage-1 model dir. Its frozen encoder tokenizes training images
-        on the fly and its decoder turns samples into images; grid_size and codebook_size default
-        to the quantizer's and must match it when set.
 
     Call: `tokens: int [B, N], class_ids: int [B] -> logits float32 [B, N, codebook_size]`.
-    """
 
-    kind = "prior"
-    optimizer_names = ("prior",)
+    Example:
+      >>> prior = VIM(2, 2, 16, 32, grid_size=4, codebook_size=16, num_classes=10)
+      >>> logits = prior(tokens, class_ids)     # [B, 16, 16]
+    """
 
     def __init__(
         self,
@@ -61,23 +67,9 @@ class VIM(TrainingProcedure):
         codebook_size=None,
         dropout=0.1,
         num_classes=0,
-        class_dropout=0.0,
-        quantizer_dir=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.quantizer_dir = quantizer_dir
-        self.quantizer = None
-        if quantizer_dir:
-            info = model_dir_lib.read_model_info(quantizer_dir, kind="quantizer")
-            for name, value in (("grid_size", grid_size), ("codebook_size", codebook_size)):
-                if value is not None and value != info[name]:
-                    raise ValueError(
-                        f"VIM.{name} is {value} but the quantizer at {quantizer_dir!r} has "
-                        f"{name} {info[name]}: a prior must use its quantizer's token grid and "
-                        "codebook (leave VIM.grid_size / VIM.codebook_size unset to follow it)"
-                    )
-            grid_size, codebook_size = info["grid_size"], info["codebook_size"]
         if grid_size is None or codebook_size is None:
             raise ValueError(
                 "VIM needs its quantizer: pass --quantizer_dir=DIR (a trained stage-1 model dir) "
@@ -95,12 +87,6 @@ class VIM(TrainingProcedure):
         checks.check_heads("VIM", num_heads, hidden_dim)
         checks.check_int("VIM", "num_classes", num_classes, minimum=0, hint=" (0: unconditional)")
         checks.check_float("VIM", "dropout", dropout, 0.0, 1.0, high_open=True)
-        checks.check_float("VIM", "class_dropout", class_dropout, 0.0, 1.0, high_open=True)
-        if class_dropout > 0 and num_classes == 0:
-            raise ValueError("VIM.class_dropout needs a class-conditional prior (num_classes > 0)")
-        if quantizer_dir:
-            # After the checks above: a bad setting fails before the quantizer is restored.
-            self.quantizer = load_quantizer(quantizer_dir)
         self.grid_size = grid_size
         self.seq_len = grid_size * grid_size
         self.codebook_size = codebook_size
@@ -110,7 +96,6 @@ class VIM(TrainingProcedure):
         self.mlp_dim = mlp_dim
         self.dropout = dropout
         self.num_classes = num_classes
-        self.class_dropout = class_dropout
         self.head_dim = hidden_dim // num_heads
         self.transformer = TransformerStack(
             num_layers, num_heads, mlp_dim, dropout, causal=True, name="transformer"
@@ -120,11 +105,6 @@ class VIM(TrainingProcedure):
         # softmax cross-entropy and sampling (its input is cast up to float32).
         self.head = keras.layers.Dense(codebook_size, name="head", dtype="float32")
         self.embed_dropout = randomness.ReplicaDropout(dropout)
-        # Class dropout's draws: seeded like the layers' dropout, different on each replica.
-        self.class_dropout_seed = keras.random.SeedGenerator(name="class_dropout_seed")
-        self._trackers = {
-            n: keras.metrics.Mean(name=n) for n in ("loss", "bits_per_token", "accuracy")
-        }
 
     @property
     def null_class(self):
@@ -201,74 +181,6 @@ class VIM(TrainingProcedure):
         _, hidden = self(tokens, class_ids, training=False, return_hidden=True)
         return ops.cast(ops.mean(hidden[layer - 1], axis=1), "float32")
 
-    # ----------------------------------------------------------------- training
-    def build_all(self):
-        self.build()
-
-    def compile(self, prior=None, **kwargs):
-        super().compile(**kwargs)
-        self.prior_optimizer = prior
-
-    def build_optimizers(self):
-        self.prior_optimizer.build(self.trainable_variables)
-
-    def named_optimizers(self):
-        return {"prior": self.prior_optimizer}
-
-    def checkpoint_items(self):
-        return {"model": self, "prior_optimizer": self.prior_optimizer}
-
-    @property
-    def step(self):
-        return self.prior_optimizer.iterations
-
-    @property
-    def metrics(self):
-        return list(self._trackers.values())
-
-    def nll(self, tokens, class_ids, training=False):
-        """Mean next-token cross-entropy in nats, and the argmax accuracy."""
-        logits = self(tokens, class_ids, training=training)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens, logits=logits)
-        acc = ops.mean(ops.cast(ops.equal(ops.argmax(logits, -1), tokens), "float32"))
-        return ops.mean(ce), acc
-
-    def tokenize(self, data):
-        """Token ids [B, N] from a batch: its `tokens`, or its `image`s through the quantizer."""
-        if "tokens" in data:
-            return ops.reshape(ops.cast(data["tokens"], "int32"), (-1, self.seq_len))
-        if self.quantizer is None:
-            raise ValueError("batches of images need the prior's quantizer (--quantizer_dir)")
-        tokens = tf.stop_gradient(self.quantizer.encode(data["image"]))
-        return ops.reshape(tokens, (-1, self.seq_len))
-
-    def drop_classes(self, class_ids):
-        """Training's class dropout: each id becomes the null class with probability
-        `class_dropout` (a different draw on each replica). class_ids: int32 [B]."""
-        if self.class_dropout == 0:
-            return class_ids
-        drop = randomness.uniform(self.class_dropout_seed, tf.shape(class_ids)) < self.class_dropout
-        return tf.where(drop, self.null_class, class_ids)
-
-    def train_step(self, data):
-        tokens = self.tokenize(data)
-        class_ids = ops.cast(
-            data.get("label", ops.zeros((ops.shape(tokens)[0],), "int32")), "int32"
-        )
-        class_ids = self.drop_classes(class_ids)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            loss, acc = self.nll(tokens, class_ids, training=True)
-            scaled = self.prior_optimizer.scale_loss(loss / replicas)
-        variables = self.trainable_variables
-        ok = guard.apply_if_finite(
-            self, self.prior_optimizer, tape.gradient(scaled, variables), variables, loss
-        )
-        guard.track(self._trackers["loss"], loss, ok)
-        guard.track(self._trackers["bits_per_token"], loss / math.log(2.0), ok)
-        guard.track(self._trackers["accuracy"], acc, ok)
-        return {m.name: m.result() for m in self.metrics}
-
     # ----------------------------------------------------------------- cached inference
     # One position at a time with a key/value cache: the primitives of the autoregressive loop
     # in `vim_tf.sampling.decoding` (graph-mode, static shapes, XLA-compilable).
@@ -333,46 +245,9 @@ class VIM(TrainingProcedure):
         x = x + block.mlp(block.ln_2(x))
         return x, cache_k, cache_v
 
-    # ----------------------------------------------------------------- summaries
-    def decode(self, tokens):
-        """tokens [B, h, w] -> images [B, H, W, 3] in [0, 1] through the quantizer."""
-        if self.quantizer is None:
-            raise ValueError("decoding tokens to images needs the prior's quantizer")
-        return self.quantizer.decode(tokens)
-
-    def summary_images(self, batch, per_class=4):
-        """Traceable image summaries: {'samples': ([classes * per_class, H, W, 3], classes)}.
-
-        One row per class (up to 10), `per_class` samples each, with a fixed seed so successive
-        summaries show how the same draws evolve; {} without a quantizer to decode them.
-        """
-        del batch  # samples do not depend on the data
-        if self.quantizer is None:
-            return {}
-        classes = min(self.num_classes, 10) if self.num_classes else 1
-        class_ids = tf.repeat(tf.range(classes, dtype=tf.int32), per_class)
-        # The procedure part of this class (it moves above the sampling layer).
-        from vim_tf.sampling import decoding
-
-        tokens = decoding.sample_tokens(self, class_ids, seed=0)
-        return {"samples": (self.decode(tokens), classes)}
-
-    def model_info(self):
-        info = {
-            "kind": self.kind,
-            "grid_size": self.grid_size,
-            "codebook_size": self.codebook_size,
-            "num_classes": self.num_classes,
-            "quantizer_dir": fs.abspath(self.quantizer_dir) if self.quantizer_dir else None,
-        }
-        if self.quantizer is not None:
-            info["image_size"] = self.quantizer.image_size
-        return info
-
     def get_config(self):
         config = super().get_config()
         config.update(
-            quantizer_dir=self.quantizer_dir,
             grid_size=self.grid_size,
             codebook_size=self.codebook_size,
             num_layers=self.num_layers,
@@ -381,6 +256,5 @@ class VIM(TrainingProcedure):
             mlp_dim=self.mlp_dim,
             dropout=self.dropout,
             num_classes=self.num_classes,
-            class_dropout=self.class_dropout,
         )
         return config

@@ -286,11 +286,11 @@ class ViTEncoder(_ViTStack):
 
     Patches (p x p) are flattened and linearly embedded, a fixed 2-D sin-cos positional embedding
     is added, pre-LN transformer blocks follow, then LayerNorm and a two-layer feed-forward with
-    tanh in the middle (PAPER.md). No activation at the output.
+    tanh in the middle (the paper, Sec. 3.1). No activation at the output.
 
     Args:
       image_size, patch_size: square images, square patches; the grid is image_size/patch_size.
-      num_layers, num_heads, hidden_dim, mlp_dim: transformer size (PAPER.md table).
+      num_layers, num_heads, hidden_dim, mlp_dim: transformer size (the paper, Table 1).
       dropout: 0 in the paper's stage 1.
 
     Call: `images: [B, H, W, 3] float in [0, 1] -> [B, (H/p)*(W/p), hidden_dim]`.
@@ -340,7 +340,7 @@ class ViTDecoder(_ViTStack):
     Tokens get the fixed 2-D positional embedding, pre-LN transformer blocks, LayerNorm, then the
     two-layer feed-forward with tanh in the middle whose second layer emits each token's p x p
     patch of `out_channels` values: channels [0:3] the logit-laplace location mu, [3:6] its
-    log-scale ln b (PAPER.md). No activation here: the sigmoid on mu lives in the likelihood.
+    log-scale ln b (the paper, Sec. 3.2). No activation here: the sigmoid on mu lives in the likelihood.
 
     Call: `tokens: [B, h*w, hidden_dim] -> [B, H, W, out_channels]`.
     """

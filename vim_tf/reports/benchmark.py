@@ -24,6 +24,8 @@ from vim_tf.models.vim import VIM
 from vim_tf.models.vitvqgan import ViTVQGAN
 from vim_tf.sampling import decoding
 from vim_tf.training import optimizers, precision
+from vim_tf.training.prior import PriorTraining
+from vim_tf.training.vqgan import VQGANTraining
 
 TINY_STACK = {"num_layers": 2, "num_heads": 4, "hidden_dim": 128, "mlp_dim": 512}
 SS_STACK = {"num_layers": 8, "num_heads": 8, "hidden_dim": 512, "mlp_dim": 2048}
@@ -100,16 +102,19 @@ def quantizer(
     adversarial=False,
     policy="float32",
 ):
-    """A stage-1 model with its optimizers, built under the dtype `policy`."""
+    """A stage-1 training procedure with its optimizers, built under the dtype `policy`."""
     stack = stack or TINY_STACK
     with dtype_policy(policy):
-        model = ViTVQGAN(
+        network = ViTVQGAN(
             image_size=image_size,
             patch_size=patch_size,
             encoder=stack,
             decoder=stack,
             codebook_size=codebook_size,
             code_dim=code_dim,
+        )
+        model = VQGANTraining(
+            network,
             adversarial_weight=0.1 if adversarial else 0.0,
             discriminator={"channel_base": 512, "channel_max": 32} if adversarial else None,
         )
@@ -117,7 +122,7 @@ def quantizer(
         opts = {"generator": optimizers.make_optimizer(learning_rate=1e-4)}
         if adversarial:
             opts["discriminator"] = optimizers.make_optimizer(learning_rate=1e-4)
-        model.compile(**opts)
+        model.compile_optimizers(opts)
         model.build_optimizers()
     return model
 
@@ -175,7 +180,7 @@ def stage1_encode(batch=256, image_size=32, jit=False, repeats=5, cfg=None):
     """Images/s of `encode` (default: the tiny config)."""
     model = quantizer(**dict(_model_args(cfg or TINY_STAGE1), image_size=image_size))
     images = tf.random.uniform((batch, image_size, image_size, 3))
-    enc = tf.function(model.encode, jit_compile=jit)
+    enc = tf.function(model.network.encode, jit_compile=jit)
     return batch / timed(lambda: enc(images).numpy(), repeats)
 
 
@@ -214,12 +219,13 @@ def sampling(seq_len, use_cache, batch=8, steps=None, jit=False, repeats=3):
 
 def prior_step(seq_len=256, batch=16, jit=False, policy="float32", smoke=False):
     """A zero-argument callable running one stage-2 train step (traced here, under `policy`)."""
-    model = tiny_prior(seq_len, policy, smoke)
+    network = tiny_prior(seq_len, policy, smoke)
     with dtype_policy(policy):
-        model.compile(prior=optimizers.make_optimizer(learning_rate=1e-4))
+        model = PriorTraining(network)
+        model.compile(optimizer=optimizers.make_optimizer(learning_rate=1e-4))
         model.build_optimizers()
     data = {
-        "tokens": tf.random.uniform((batch, seq_len), 0, model.codebook_size, tf.int32),
+        "tokens": tf.random.uniform((batch, seq_len), 0, network.codebook_size, tf.int32),
         "label": tf.zeros((batch,), tf.int32),
     }
     step = tf.function(model.train_step, jit_compile=jit)

@@ -1,4 +1,4 @@
-"""Parameter counts of the gin model configs next to the paper's (its model-size tables)."""
+"""Parameter counts of the gin model configs next to the paper's (the paper, Table 1)."""
 
 import gin
 import keras
@@ -6,7 +6,7 @@ import keras
 from vim_tf.config import gin_utils
 from vim_tf.training import trainer
 
-# Millions of parameters per stack (encoder or decoder) in the paper's table.
+# Millions of parameters per stack (encoder or decoder) in the paper's Table 1.
 PAPER_STACK_PARAMS_M = {"small": 32, "base": 91, "large": 599}
 PAPER_VIM_M = {"vim_base": 650, "vim_large": 1697}
 PAPER_VITVQGAN = {
@@ -24,18 +24,14 @@ def vitvqgan_counts(name, image_size=256):
     """Builds `gin/models/<name>.gin` and counts encoder, quantizer, decoder, discriminator."""
     gin.clear_config()
     gin_utils.parse([f"models/{name}.gin"], [f"IMAGE_SIZE = {image_size}"])
-    model = trainer.create_model()
-    x = keras.ops.zeros((1, image_size, image_size, 3))
-    model.encoder(x)
-    model.quantizer.build((None, model.grid_size**2, model.encoder.hidden_dim))
-    model.decoder.build((None, model.grid_size**2, model.decoder.hidden_dim))
-    if model.discriminator is not None:
-        model.discriminator.build((None, image_size, image_size, 3))
+    procedure = trainer.create_model()
+    procedure.build()
+    model, discriminator = procedure.network, procedure.discriminator
     counts = {
         "encoder": _count(model.encoder),
-        "quantizer": _count(model.quantizer),
+        "quantizer": _count(model.codebook),
         "decoder": _count(model.decoder),
-        "discriminator": _count(model.discriminator) if model.discriminator is not None else 0,
+        "discriminator": _count(discriminator) if discriminator is not None else 0,
     }
     gin.clear_config()
     return counts
@@ -66,9 +62,9 @@ def vim_counts(name, grid_size=32, codebook_size=8192, num_classes=1000):
             f"VIM.num_classes = {num_classes}",
         ],
     )
-    model = trainer.create_model()
-    model.build()
-    count = _count(model)
+    network = trainer.create_model().network
+    network.build()
+    count = _count(network)
     gin.clear_config()
     return count
 

@@ -38,24 +38,26 @@ def plan_ids(plan, num_samples):
     return plan if plan is not None else np.zeros([num_samples], np.int32)
 
 
-def check_guidance(prior, cfg_scale):
+def check_guidance(num_classes, class_dropout, cfg_scale):
     """Classifier-free guidance needs a class-conditional prior trained with class dropout (its
     null class is otherwise an untrained embedding, and guided samples are noise).
 
     Args:
-      prior: has `num_classes` and `class_dropout` (a VIM network).
+      num_classes: the prior's class count (0: unconditional).
+      class_dropout: the prior's training probability of the null class.
       cfg_scale: the guidance scale asked for (named in the error).
     """
-    if not prior.num_classes:
+    if not num_classes:
         raise ValueError(
             f"cfg_scale={cfg_scale}: classifier-free guidance needs a class-conditional prior; "
             "this one is unconditional (use cfg_scale=1)"
         )
-    if not prior.class_dropout:
+    if not class_dropout:
         raise ValueError(
             f"cfg_scale={cfg_scale}: classifier-free guidance needs a prior trained with "
-            "VIM.class_dropout > 0; this one was trained with class_dropout=0, so its null class "
-            "is untrained (use cfg_scale=1, or retrain with e.g. VIM.class_dropout = 0.1)"
+            "PriorTraining.class_dropout > 0; this one was trained with class_dropout=0, so its "
+            "null class is untrained (use cfg_scale=1, or retrain with e.g. "
+            "PriorTraining.class_dropout = 0.1)"
         )
 
 
@@ -107,18 +109,28 @@ class Sampler(BatchSampler):
         stage-1 ViT-VQGAN).
       jit_compile: XLA-compile the sampling loop (the same tokens as without it).
       use_cache: the key/value cache (False: recompute the prefix at every step; reference).
+      class_dropout: the prior's training class dropout (guidance needs it > 0).
     """
 
-    def __init__(self, prior, tokenizer, jit_compile=False, use_cache=True):
+    def __init__(self, prior, tokenizer, jit_compile=False, use_cache=True, class_dropout=0.0):
         self.prior = prior
         self.tokenizer = tokenizer
         self.jit_compile = jit_compile
         self.use_cache = use_cache
+        self.class_dropout = class_dropout
         self.num_classes = prior.num_classes
         self._fns = {}
 
+    @classmethod
+    def of_trained_prior(cls, trained, jit_compile=False, use_cache=True):
+        """The sampler of a `vim_tf.models.loading.TrainedPrior` (network, tokenizer and the
+        class dropout it was trained with)."""
+        return cls(
+            trained.network, trained.tokenizer, jit_compile, use_cache, trained.class_dropout
+        )
+
     def check_guidance(self, cfg_scale):
-        check_guidance(self.prior, cfg_scale)
+        check_guidance(self.num_classes, self.class_dropout, cfg_scale)
 
     def _fn(self, guided):
         if guided not in self._fns:

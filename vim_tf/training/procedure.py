@@ -1,14 +1,30 @@
 """The interface between a training procedure and the trainer.
 
 A training procedure is a `keras.Model` with a custom `train_step` that holds what training
-needs (networks, losses, optimizers, metric trackers). The trainer (`vim_tf.training.trainer`)
-and `model.fit` drive it only through the methods below; the defaults suit a procedure with one
-optimizer and one phase.
+needs (the inference network it trains, losses, optimizers, metric trackers). The trainer
+(`vim_tf.training.trainer`) and `model.fit` drive it only through the methods below; the defaults
+suit a procedure with one optimizer (`compile(optimizer=...)`) and one phase.
+
+Checkpoints hold the inference network under the key "model" and training-only objects under
+their own keys, so `tf.train.Checkpoint(model=network)` restores a network for inference without
+building anything of training (`vim_tf.models.loading`).
 """
 
 import keras
 
 from vim_tf.training import fit as fit_lib
+from vim_tf.training import guard
+
+
+def make_network(network, owner):
+    """`network` itself if it is a built-or-unbuilt Keras model, else `network()` (a class or a
+    gin reference such as `@ViTVQGAN`, whose bound parameters gin fills in)."""
+    if network is None or not callable(network):
+        raise ValueError(
+            f"{owner}.network must be a network class or instance (e.g. "
+            f"{owner}.network = @ViTVQGAN in gin), got {network!r}"
+        )
+    return network if isinstance(network, keras.Model) else network()
 
 
 class TrainingProcedure(keras.Model):
@@ -18,18 +34,38 @@ class TrainingProcedure(keras.Model):
       kind: 'quantizer', 'prior' or 'classifier' (recorded in the model dir's model_info.json).
       optimizer_names: the gin scopes of `make_optimizer`, one per optimizer the procedure may
         use (`active_optimizer_names` lists those this configuration needs).
+      optimizer_keywords: {optimizer name: `compile` keyword}; the first optimizer is compile's
+        standard `optimizer=`, so Keras creates no default optimizer of its own.
+
+    Attributes:
+      network: the inference network being trained (saved under the checkpoint key "model").
     """
 
     kind = None
     optimizer_names = ()
+    optimizer_keywords = {}
 
     def active_optimizer_names(self):
         """The optimizers this configuration uses (a subset of `optimizer_names`, same order)."""
         return list(self.optimizer_names)
 
+    def _keyword(self, name):
+        if name in self.optimizer_keywords:
+            return self.optimizer_keywords[name]
+        if name == self.optimizer_names[0]:
+            return "optimizer"
+        raise ValueError(
+            f"{type(self).__name__} has no optimizer named {name!r}: valid are "
+            f"{list(self.optimizer_names)}"
+        )
+
     def compile_optimizers(self, optimizers, **kwargs):
-        """`compile` with {optimizer name: optimizer} for every active optimizer name."""
-        self.compile(**optimizers, **kwargs)
+        """`compile` with {optimizer name (gin scope): optimizer} for every active optimizer."""
+        self.compile(**{self._keyword(n): opt for n, opt in optimizers.items()}, **kwargs)
+
+    def compile(self, optimizer=None, **kwargs):
+        """Keras `compile`; `optimizer` is the (first) optimizer, required to train."""
+        super().compile(optimizer=optimizer, **kwargs)
 
     def build_all(self):
         """Creates every variable of the procedure (networks, losses' networks, trackers)."""
@@ -37,15 +73,49 @@ class TrainingProcedure(keras.Model):
 
     def build_optimizers(self):
         """Creates the optimizers' state (call inside the distribution strategy's scope)."""
-        raise NotImplementedError(f"{type(self).__name__} must define build_optimizers")
+        self.optimizer.build(self.network.trainable_variables)
 
     def checkpoint_items(self):
-        """{name: trackable} saved in every checkpoint."""
-        raise NotImplementedError(f"{type(self).__name__} must define checkpoint_items")
+        """{name: trackable} saved in every checkpoint: the network under "model", then each
+        optimizer under "<name>_optimizer"."""
+        items = {"model": self.network}
+        items.update((f"{n}_optimizer", opt) for n, opt in self.named_optimizers().items())
+        return items
 
     def named_optimizers(self):
         """{optimizer name: optimizer} for the active optimizers (after compile)."""
-        raise NotImplementedError(f"{type(self).__name__} must define named_optimizers")
+        return {self.optimizer_names[0]: self.optimizer}
+
+    def network_config(self):
+        """The inference network's Keras config (written to the model dir's model_config.json,
+        from which `vim_tf.models.loading` rebuilds the network)."""
+        return self.network.get_config()
+
+    def call(self, *args, **kwargs):
+        """The network's forward pass."""
+        return self.network(*args, **kwargs)
+
+    @property
+    def metrics(self):
+        """The `keras.metrics.Mean` trackers (`self._trackers`, made in the constructor: Keras
+        refuses new state once a layer is built)."""
+        return list(self._trackers.values())
+
+    def track(self, ok, **values):
+        """Updates trackers from a step whose update was applied (`ok`); skipped steps stay out."""
+        for name, value in values.items():
+            guard.track(self._trackers[name], value, ok)
+
+    def minimize(self, tape, scaled_loss, loss, optimizer=None, variables=None, **kwargs):
+        """Applies the gradients of `scaled_loss` when they and `loss` are finite (see
+        `guard.apply_if_finite`); returns whether the update was applied (bool tensor).
+
+        Defaults: the first optimizer and the network's trainable variables.
+        """
+        optimizer = optimizer or self.optimizer
+        variables = self.network.trainable_variables if variables is None else variables
+        grads = tape.gradient(scaled_loss, variables)
+        return guard.apply_if_finite(self, optimizer, grads, variables, loss, **kwargs)
 
     @property
     def step(self):

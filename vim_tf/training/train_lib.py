@@ -71,15 +71,27 @@ def _check_same_quantizer(model_dir, quantizer_dir):
             )
 
 
-def _model_class():
-    """The class `create_model.model_class` names, or None when unbound."""
+def _configured_class(parameter):
+    """The class a gin parameter names (`@ViTVQGAN`), or None when unbound."""
     try:
-        ref = gin.query_parameter("create_model.model_class")
+        ref = gin.query_parameter(parameter)
     except ValueError:
         return None
     if isinstance(ref, gin.config.ConfigurableReference):
         return ref.configurable.wrapped
     return ref if inspect.isclass(ref) else None
+
+
+def _model_class():
+    """The training procedure class `create_model.model_class` names, or None when unbound."""
+    return _configured_class("create_model.model_class")
+
+
+def _network_class(cls):
+    """The network class the procedure `cls` trains (`<cls>.network`), or None."""
+    if cls is None or not _takes(cls, "network"):
+        return None
+    return _configured_class(f"{cls.__name__}.network")
 
 
 def _takes(cls, parameter):
@@ -102,24 +114,42 @@ def _check_config(strategy, quantizer_dir):
     dir is touched: the model kind against --quantizer_dir, batch and image sizes, the dataset
     name, and the model's class count against the dataset's."""
     cls = _model_class()
-    _check_model_kind(cls, quantizer_dir)
+    net = _network_class(cls)
+    _check_quantizer_flag(cls, net, quantizer_dir)
     _check_sizes(strategy.num_replicas_in_sync)
-    _check_dataset(cls)
+    _check_dataset(net)
 
 
-def _check_model_kind(cls, quantizer_dir):
-    """A prior needs --quantizer_dir (unless its grid is bound); other models refuse it."""
-    if cls is not None and quantizer_dir and not _takes(cls, "quantizer_dir"):
+def _check_quantizer_flag(cls, net, quantizer_dir):
+    """--quantizer_dir goes with a prior, which needs it unless its token grid is bound; the
+    grid and vocabulary bound for the network must be the quantizer's (the prior passes the
+    quantizer's to the network, which would otherwise silently override the bindings)."""
+    if cls is None:
+        return
+    name = (net or cls).__name__
+    if quantizer_dir and not _takes(cls, "quantizer_dir"):
         raise ValueError(
-            f"--quantizer_dir is for a prior (VIM), but this experiment trains a {cls.__name__} "
+            f"--quantizer_dir is for a prior (VIM), but this experiment trains a {name} "
             f"(create_model.model_class = @{cls.__name__}): drop --quantizer_dir, or use a prior "
             "experiment such as gin/experiments/digits_vim.gin"
         )
-    if cls is not None and _takes(cls, "quantizer_dir") and not quantizer_dir:
-        if gin_utils.bound(f"{cls.__name__}.grid_size") is None:
+    if not _takes(cls, "quantizer_dir"):
+        return
+    if not quantizer_dir:
+        if gin_utils.bound(f"{name}.grid_size") is None:
             raise ValueError(
-                f"{cls.__name__} needs its quantizer: pass --quantizer_dir=DIR (a trained "
+                f"{name} needs its quantizer: pass --quantizer_dir=DIR (a trained "
                 "stage-1 model dir)"
+            )
+        return
+    info = model_dir_lib.read_model_info(quantizer_dir, kind="quantizer")
+    for key in ("grid_size", "codebook_size"):
+        value = gin_utils.bound(f"{name}.{key}")
+        if value is not None and value != info[key]:
+            raise ValueError(
+                f"{name}.{key} is {value} but the quantizer at {quantizer_dir!r} has "
+                f"{key} {info[key]}: a prior must use its quantizer's token grid and "
+                f"codebook (leave {name}.grid_size / {name}.codebook_size unset to follow it)"
             )
 
 
@@ -141,7 +171,7 @@ def _check_sizes(replicas):
 
 
 def _check_dataset(cls):
-    """The dataset name is valid and has no more classes than the model."""
+    """The dataset name is valid and has no more classes than the network `cls`."""
     from vim_tf.data import input_pipeline
 
     dataset = gin_utils.bound("make_dataset.dataset")

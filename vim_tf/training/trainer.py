@@ -37,7 +37,7 @@ from vim_tf.utils import model_dir as model_dir_lib
 
 @gin.configurable
 def create_model(model_class=gin.REQUIRED, **kwargs):
-    """The experiment's model: `create_model.model_class = @ViTVQGAN` in gin."""
+    """The experiment's model: `create_model.model_class = @VQGANTraining` in gin."""
     return model_class(**kwargs)
 
 
@@ -153,7 +153,7 @@ class Trainer:
         info = dict(self.model.model_info(), train_steps=self.train_steps)
         model_dir_lib.write_model_info(self.model_dir, info)
         model_dir_lib.write_json(
-            fs.join(self.model_dir, model_dir_lib.MODEL_CONFIG_FILE), self.model.get_config()
+            fs.join(self.model_dir, model_dir_lib.MODEL_CONFIG_FILE), self.model.network_config()
         )
 
     def _open_dataset(self):

@@ -52,7 +52,7 @@ def define_sampling_flags():
         "cfg_scale",
         1.0,
         "Sampling: classifier-free guidance scale (1: off; needs a prior trained with "
-        "VIM.class_dropout > 0).",
+        "PriorTraining.class_dropout > 0).",
     )
     flags.DEFINE_integer("seed", 0, "Sampling: random seed (the same seed, the same samples).")
 
