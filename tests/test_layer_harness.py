@@ -36,10 +36,6 @@ from vim_tf.models.vitvqgan import ViTVQGAN
 # Keras seed generators keep their state in a variable that tf.train.Checkpoint does not save: a
 # resumed run starts the dropout stream from its initial state.
 SEED_STATE = {"seed_state_checkpoint": "Keras SeedGenerator state is not a checkpointed object"}
-NOT_REGISTERED = (
-    "not registered with keras.saving yet: the class is being split into an inference network "
-    "and a training procedure"
-)
 
 
 def floats(*shape):
@@ -238,16 +234,12 @@ def test_dtype_policy(case):
 
 
 # ----------------------------------------------------------------------------------------------
-# The three networks, against today's classes (ViTVQGAN, VIM and ImageClassifier still carry
-# their training procedures; once they are plain networks the opt-outs and marks below go).
-
-TRAINING_PROCEDURE = "the class is still a training procedure"
+# The three inference networks (their training procedures live in vim_tf/training/).
 
 NETWORKS = {
     "vitvqgan": LayerSpec(
         ViTVQGAN,
-        # The network alone: the discriminator has its own cases above.
-        tiny.vitvqgan(adversarial_weight=0.0, discriminator=None),
+        tiny.vitvqgan_network(),
         floats(2, 16, 16, 3),
         output_shape={"reconstruction": (2, 16, 16, 3), "indices": (2, 4, 4), "vq_loss": ()},
         trainable_weights=43,  # encoder 20, codebook 5, decoder 18
@@ -259,7 +251,6 @@ NETWORKS = {
             "indices": "int32",
             "vq_loss": "float32",
         },
-        opt_outs={"registration": NOT_REGISTERED},
     ),
     "vim": LayerSpec(
         VIM,
@@ -271,7 +262,7 @@ NETWORKS = {
         output_shape=(2, 9, 11),
         trainable_weights=20,  # embeddings 4, one block 12, final LayerNorm 2, head 2
         mixed_dtypes="float32",  # logits
-        opt_outs={**SEED_STATE, "registration": NOT_REGISTERED},
+        opt_outs=SEED_STATE,
     ),
     "image_classifier": LayerSpec(
         ImageClassifier,
@@ -281,7 +272,7 @@ NETWORKS = {
         trainable_weights=16,
         non_trainable_weights=8,  # batch-norm statistics
         mixed_dtypes="float32",  # logits
-        opt_outs={**SEED_STATE, "registration": NOT_REGISTERED},
+        opt_outs=SEED_STATE,
     ),
 }
 

@@ -138,7 +138,7 @@ class DecodingTest(TestCase, parameterized.TestCase):
     def test_cached_sampling_equals_full_recomputation(
         self, num_classes, cfg_scale, top_k, top_p, temperature
     ):
-        model = make_prior(num_classes=num_classes, class_dropout=0.1 if num_classes else 0.0)
+        model = make_prior(num_classes=num_classes)
         cls = tf.constant([0, 1, 2, 1], tf.int32)
         settings = SamplingSettings(temperature, top_k, top_p, cfg_scale)
         run = lambda use_cache, seed: tf.function(  # noqa: E731
@@ -199,11 +199,13 @@ class FakeTokenizer:
 
 class SamplerTest(TestCase):
     def test_batches_follow_the_seed_rule_with_and_without_xla(self):
-        model = make_prior(class_dropout=0.1)
+        model = make_prior()
         ids = class_plan(5, 3)
         np.testing.assert_array_equal(ids, [0, 0, 1, 1, 2])
         settings = SamplingSettings(top_k=5, cfg_scale=1.5)
-        tokens, images = Sampler(model, FakeTokenizer()).sample(ids, 4, settings, batch_size=2)
+        tokens, images = Sampler(model, FakeTokenizer(), class_dropout=0.1).sample(
+            ids, 4, settings, batch_size=2
+        )
         self.assertEqual(tokens.shape, (5, 3, 3))
         self.assertAllClose(images, np.repeat(tokens[..., None] / 10.0, 3, -1))
         # Batch b is sample_tokens with seed batch_seed(4, b).
@@ -211,7 +213,8 @@ class SamplerTest(TestCase):
         for b, start in enumerate(range(0, 5, 2)):
             batch = one(tf.constant(ids[start : start + 2]), seeds.batch_seed(4, b))
             np.testing.assert_array_equal(tokens[start : start + 2], batch)
-        xla = Sampler(model, FakeTokenizer(), jit_compile=True).sample(ids, 4, settings, 2)[0]
+        xla = Sampler(model, FakeTokenizer(), jit_compile=True, class_dropout=0.1)
+        xla = xla.sample(ids, 4, settings, 2)[0]
         np.testing.assert_array_equal(tokens, xla)
 
     def test_class_plan_errors(self):
@@ -224,12 +227,12 @@ class SamplerTest(TestCase):
         self.assertIsNone(class_plan(4, 0))
 
     def test_guidance_needs_a_prior_trained_with_class_dropout(self):
-        no_dropout = Sampler(SimpleNamespace(num_classes=10, class_dropout=0.0), None)
+        no_dropout = Sampler(SimpleNamespace(num_classes=10), None, class_dropout=0.0)
         with self.assertRaisesRegex(
             ValueError, r"cfg_scale=2.0: .*PriorTraining.class_dropout > 0"
         ):
             no_dropout.sample([1, 2], settings=SamplingSettings(cfg_scale=2.0))
-        uncond = Sampler(SimpleNamespace(num_classes=0, class_dropout=0.0), None)
+        uncond = Sampler(SimpleNamespace(num_classes=0), None)
         with self.assertRaisesRegex(ValueError, r"cfg_scale=1.5: .*unconditional"):
             uncond.sample([0], settings=SamplingSettings(cfg_scale=1.5))
 

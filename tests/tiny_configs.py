@@ -31,13 +31,8 @@ def discriminator(**overrides):
     return {"image_size": IMAGE_SIZE, "channel_base": 128, "channel_max": 16, **overrides}
 
 
-def vitvqgan_discriminator(**overrides):
-    """The discriminator dict `ViTVQGAN` takes (its image size comes from the model)."""
-    return {"channel_base": 64, "channel_max": 8, **overrides}
-
-
-def vitvqgan(**overrides):
-    """`ViTVQGAN` arguments: one-block stacks, 16 codes, an adversary from step 0."""
+def vitvqgan_network(**overrides):
+    """`ViTVQGAN` network arguments: one-block stacks, 16 codes of 4 dimensions."""
     return {
         "image_size": IMAGE_SIZE,
         "patch_size": PATCH_SIZE,
@@ -45,9 +40,6 @@ def vitvqgan(**overrides):
         "decoder": vit_stack(),
         "codebook_size": 16,
         "code_dim": 4,
-        "discriminator": vitvqgan_discriminator(),
-        "r1_interval": 2,
-        "disc_start_step": 0,
         **overrides,
     }
 

@@ -144,6 +144,7 @@ class _Pipeline:
 
     def sample_grid(self):
         from vim_tf.eval import generate
+        from vim_tf.sampling.settings import SamplingSettings
 
         if _fresh(fs.join(self.samples_dir, "samples.npz"), self.prior_dir):
             return
@@ -160,8 +161,8 @@ class _Pipeline:
                 self.prior_dir,
                 self.samples_dir,
                 NUM_GRID_SAMPLES,
+                settings=SamplingSettings(cfg_scale=CFG_SCALE),
                 seed=0,
-                cfg_scale=CFG_SCALE,
             )
 
         self.stage("sample grid", "sample", flags, fn)

@@ -1,6 +1,6 @@
 """What `tools/linear_probe.py` does: a linear probe on a trained prior's frozen features.
 
-PAPER.md ("Linear probe"): feed all image tokens, take the output of one block, average it over
+The paper's linear probe (Sec. 5.3): feed all image tokens, take the output of one block, average it over
 the token axis, train a softmax layer to class logits on those frozen features. The paper's best
 block is near the middle of the stack, so every block is probed by default and the best one is
 reported (chosen on the test split, as the paper's "best layer" is).
