@@ -46,7 +46,7 @@ class LogitsTest(TestCase, parameterized.TestCase):
     @parameterized.named_parameters(
         ("p_0_3", 0.3), ("p_0_7", 0.7), ("p_0_9", 0.9), ("p_0_999", 0.999)
     )
-    def test_top_p_keeps_the_smallest_set_reaching_p(self, p):
+    def test_top_p_keeps_the_smallest_set_reaching(self, p):
         probs = tf.nn.softmax(self.logits).numpy()
         out = sampling.apply_top_p(self.logits, p).numpy()
         keep = out > sampling.NEG_INF / 2
