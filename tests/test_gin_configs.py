@@ -67,16 +67,19 @@ class GinConfigTest(TestCase, parameterized.TestCase):
         expected = 8 * d + 4 * d + 2 * d + 2 * d + vit_params(4, d, m) - (d * m + m) + (d * 8 + 8)
         self.assertEqual(param_counts.vim_counts("vim_tiny", 2, 8, 3), expected)
 
-    def test_paper_prior_sizes_exact(self):
-        for name, size in (("vim_base", (24, 16, 1536, 6144)), ("vim_large", (36, 32, 2048, 8192))):
-            gin.clear_config()
-            gin_utils.parse([f"models/{name}.gin"])
-            got = tuple(
-                gin.query_parameter(f"VIM.{k}")
-                for k in ("num_layers", "num_heads", "hidden_dim", "mlp_dim")
-            )
-            self.assertEqual(got, size)
-            self.assertAllClose(gin.query_parameter("VIM.dropout"), 0.1)
+    @parameterized.named_parameters(
+        ("vim_base", "vim_base", (24, 16, 1536, 6144)),
+        ("vim_large", "vim_large", (36, 32, 2048, 8192)),
+    )
+    def test_paper_prior_sizes_exact(self, name, size):
+        gin.clear_config()
+        gin_utils.parse([f"models/{name}.gin"])
+        got = tuple(
+            gin.query_parameter(f"VIM.{k}")
+            for k in ("num_layers", "num_heads", "hidden_dim", "mlp_dim")
+        )
+        self.assertEqual(got, size)
+        self.assertAllClose(gin.query_parameter("VIM.dropout"), 0.1)
 
     def test_experiment_bindings_reach_the_procedure_and_its_network(self):
         from vim_tf.training import trainer

@@ -20,6 +20,7 @@ import h5py
 import keras
 import numpy as np
 import tensorflow as tf
+from absl.testing import parameterized
 
 from testcase import TestCase
 from vim_tf.eval import inception, networks, scores
@@ -90,7 +91,7 @@ class TfganInception(tf.Module):
         return self.net(images, training=False)
 
 
-class InceptionFormatsTest(TestCase):
+class InceptionFormatsTest(TestCase, parameterized.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
@@ -130,24 +131,28 @@ class InceptionFormatsTest(TestCase):
         kernel, bias = self.model.get_layer("predictions").get_weights()
         self.assertAllClose(logits, features @ kernel + bias, rtol=1e-4, atol=1e-9)
 
-    def test_keras_weights_files(self):
-        for path in (self.weights_h5, self.legacy_h5):
-            network = networks.load_scoring_network(path)
-            self.assertEqual(network.name, f"keras_inception_v3:{os.path.abspath(path)}")
-            self.check_keras_inception(network)
+    @parameterized.named_parameters(
+        ("keras_weights_h5", "weights_h5"), ("legacy_applications_h5", "legacy_h5")
+    )
+    def test_keras_weights_files(self, attr):
+        path = getattr(self, attr)
+        network = networks.load_scoring_network(path)
+        self.assertEqual(network.name, f"keras_inception_v3:{os.path.abspath(path)}")
+        self.check_keras_inception(network)
 
     def test_tfgan_saved_model(self):
         network = networks.load_scoring_network(self.saved_model)
         self.assertEqual(network.name, f"inception_saved_model:{os.path.abspath(self.saved_model)}")
         self.check_keras_inception(network)
 
-    def test_frozen_graph_matches_the_original_fid_code(self):
-        for path in (self.graph_pb, self.dir):  # the file, or the dir holding it
-            network = networks.load_scoring_network(path)
-            self.assertEqual(network.name, f"inception_graph_def:{os.path.abspath(self.graph_pb)}")
-            # The graph resizes itself: images go in at their own size, values 0..255.
-            self.assertEqual((network.image_size, network.input_range), (None, (0.0, 255.0)))
-            features, logits = network.activations(self.images, batch_size=2)
+    # The .pb file itself, or the directory holding it.
+    @parameterized.named_parameters(("graph_file", "graph_pb"), ("directory", "dir"))
+    def test_frozen_graph_matches_the_original_fid_code(self, attr):
+        network = networks.load_scoring_network(getattr(self, attr))
+        self.assertEqual(network.name, f"inception_graph_def:{os.path.abspath(self.graph_pb)}")
+        # The graph resizes itself: images go in at their own size, values 0..255.
+        self.assertEqual((network.image_size, network.input_range), (None, (0.0, 255.0)))
+        features, logits = network.activations(self.images, batch_size=2)
         self.assertEqual((features.shape, logits.shape), ((2, 2048), (2, 1008)))
         graph_def = tf.compat.v1.GraphDef()
         with tf.io.gfile.GFile(self.graph_pb, "rb") as f:

@@ -7,6 +7,7 @@ from unittest import mock
 import gin
 import numpy as np
 import tensorflow as tf
+from absl.testing import parameterized
 
 from testcase import TestCase
 from tiny import TINY_VIM, train_tiny_quantizer, with_data_dir
@@ -85,14 +86,22 @@ class TrainProbeTest(TestCase):
             linear_probe.train_probe(np.eye(2), [0, 1], np.eye(2), [0, 1], 2)
 
 
-class CheckLayersTest(TestCase):
+class CheckLayersTest(TestCase, parameterized.TestCase):
     def test_parsing_and_range(self):
         self.assertEqual(linear_probe.check_layers(None, 3), [1, 2, 3])
         self.assertEqual(linear_probe.check_layers("3, 1,3", 4), [1, 3])
         self.assertEqual(linear_probe.check_layers(["2"], 4), [2])
-        for bad in ([0], [5], "2,x", [], [1.5]):
-            with self.assertRaisesRegex(ValueError, r"block numbers in \[1, 4\] \(1-based"):
-                linear_probe.check_layers(bad, 4)
+
+    @parameterized.named_parameters(
+        ("zero", [0]),
+        ("above_depth", [5]),
+        ("not_a_number", "2,x"),
+        ("empty", []),
+        ("fraction", [1.5]),
+    )
+    def test_bad_layers_are_rejected(self, bad):
+        with self.assertRaisesRegex(ValueError, r"block numbers in \[1, 4\] \(1-based"):
+            linear_probe.check_layers(bad, 4)
 
 
 class ExtractFeaturesTest(TestCase):

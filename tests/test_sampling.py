@@ -32,7 +32,7 @@ def make_prior(num_classes=3, **kw):
     return model
 
 
-class LogitsTest(TestCase):
+class LogitsTest(TestCase, parameterized.TestCase):
     def setUp(self):
         super().setUp()
         self.logits = tf.constant([[3.0, 1.0, 2.0, 0.0, -1.0], [0.0, 0.5, 4.0, 1.0, 0.2]])
@@ -43,17 +43,21 @@ class LogitsTest(TestCase):
         np.testing.assert_array_equal(keep, [[1, 0, 1, 0, 0], [0, 0, 1, 1, 0]])
         np.testing.assert_array_equal(sampling.apply_top_k(self.logits, 0), self.logits)
 
-    def test_top_p(self):
+    @parameterized.named_parameters(
+        ("p_0_3", 0.3), ("p_0_7", 0.7), ("p_0_9", 0.9), ("p_0_999", 0.999)
+    )
+    def test_top_p_keeps_the_smallest_set_reaching(self, p):
         probs = tf.nn.softmax(self.logits).numpy()
-        for p in (0.3, 0.7, 0.9, 0.999):
-            out = sampling.apply_top_p(self.logits, p).numpy()
-            keep = out > sampling.NEG_INF / 2
-            for row, prob in zip(keep, probs):
-                order = np.argsort(-prob)
-                before = np.concatenate([[0.0], np.cumsum(prob[order])[:-1]])
-                expected = np.zeros_like(row)
-                expected[order[before < p]] = True
-                np.testing.assert_array_equal(row, expected)
+        out = sampling.apply_top_p(self.logits, p).numpy()
+        keep = out > sampling.NEG_INF / 2
+        for row, prob in zip(keep, probs):
+            order = np.argsort(-prob)
+            before = np.concatenate([[0.0], np.cumsum(prob[order])[:-1]])
+            expected = np.zeros_like(row)
+            expected[order[before < p]] = True
+            np.testing.assert_array_equal(row, expected)
+
+    def test_top_p_one_is_off(self):
         np.testing.assert_array_equal(sampling.apply_top_p(self.logits, 1.0), self.logits)
 
     def test_temperature_and_guidance(self):
@@ -113,19 +117,32 @@ class SettingsTest(TestCase, parameterized.TestCase):
             split_seed({"cfg": 2.0})
 
 
-class SeedsTest(TestCase):
-    def test_batch_seed_rule(self):
+class SeedsTest(TestCase, parameterized.TestCase):
+    @parameterized.named_parameters(
+        ("zero", 0, 0),
+        ("small", 3, 2),
+        ("negative", -1, 0),
+        ("thousands", 5000, 4),
+        ("int32_max", 2**31 - 1, 1),
+        ("beyond_int32", 10**12, 3),
+    )
+    def test_batch_seed_rule(self, s, b):
         # Hand computation of s * 1_000_003 + b modulo 2**32.
-        for s, b in ((0, 0), (3, 2), (-1, 0), (5000, 4), (2**31 - 1, 1), (10**12, 3)):
-            self.assertEqual(int(seeds.batch_seed(s, b)), (s * 1_000_003 + b) % 2**32)
+        self.assertEqual(int(seeds.batch_seed(s, b)), (s * 1_000_003 + b) % 2**32)
+
+    def test_batch_seed_takes_tensors(self):
         self.assertEqual(int(seeds.batch_seed(tf.constant(3), tf.constant(2))), 3_000_011)
 
-    def test_request_seed_reproduces_every_batch(self):
+    @parameterized.named_parameters(
+        ("zero", 0, 1), ("small", 3, 2), ("negative", -7, 9), ("int32_max", 2**31 - 1, 5)
+    )
+    def test_request_seed_reproduces_every_batch(self, s, b):
         # A `generate` signature draws with batch_seed(request, 0).
-        for s, b in ((0, 1), (3, 2), (-7, 9), (2**31 - 1, 5)):
-            request = seeds.request_seed(s, b)
-            self.assertBetween(request, -(2**31), 2**31 - 1)
-            self.assertEqual(int(seeds.batch_seed(request, 0)), int(seeds.batch_seed(s, b)))
+        request = seeds.request_seed(s, b)
+        self.assertBetween(request, -(2**31), 2**31 - 1)
+        self.assertEqual(int(seeds.batch_seed(request, 0)), int(seeds.batch_seed(s, b)))
+
+    def test_request_seed_of_batch_zero_is_the_seed(self):
         self.assertEqual(seeds.request_seed(4, 0), 4)
 
 

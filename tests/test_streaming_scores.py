@@ -7,6 +7,7 @@ import weakref
 
 import numpy as np
 import tensorflow as tf
+from absl.testing import parameterized
 
 from testcase import TestCase
 from vim_tf.eval import prior_eval, scores, streaming_scores
@@ -29,7 +30,7 @@ def moments_of(features, batch_slices):
     return m
 
 
-class StreamingMathTest(TestCase):
+class StreamingMathTest(TestCase, parameterized.TestCase):
     def setUp(self):
         super().setUp()
         self.rng = np.random.default_rng(0)
@@ -55,16 +56,18 @@ class StreamingMathTest(TestCase):
         self.assertGreater(ref, 1.0)
         self.assertAllClose(fid, ref, rtol=0, atol=1e-6)
 
-    def test_streamed_inception_score_equals_all_at_once(self):
+    @parameterized.named_parameters(("one_split", 1), ("four_splits", 4))
+    def test_streamed_inception_score_equals_all_at_once(self, num_splits):
         logits = self.rng.normal(size=(103, 6)) * 3
-        for num_splits in (1, 4):
-            sums = streaming_scores.ClassifierScoreSums(num_splits, total=103)
-            for s in uneven_batches(103):  # batches cross the split boundaries
-                sums.update(logits[s])
-            mean, std = sums.score_with_std()
-            ref_mean, ref_std = scores.inception_score_with_std(logits, num_splits)
-            self.assertAllClose(mean, ref_mean, rtol=0, atol=1e-6)
-            self.assertAllClose(std, ref_std, rtol=0, atol=1e-6)
+        sums = streaming_scores.ClassifierScoreSums(num_splits, total=103)
+        for s in uneven_batches(103):  # batches cross the split boundaries
+            sums.update(logits[s])
+        mean, std = sums.score_with_std()
+        ref_mean, ref_std = scores.inception_score_with_std(logits, num_splits)
+        self.assertAllClose(mean, ref_mean, rtol=0, atol=1e-6)
+        self.assertAllClose(std, ref_std, rtol=0, atol=1e-6)
+
+    def test_split_inception_score_needs_the_total(self):
         with self.assertRaisesRegex(ValueError, "num_splits=4 needs total"):
             streaming_scores.ClassifierScoreSums(4)
 
