@@ -5,6 +5,8 @@ A run samples a plan (one class id per sample) in batches; batch b draws with th
 whichever `BatchSampler` draws them (in process, or through a served `generate` signature).
 """
 
+import abc
+
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -61,7 +63,7 @@ def check_guidance(num_classes, class_dropout, cfg_scale):
         )
 
 
-class BatchSampler:
+class BatchSampler(abc.ABC):
     """Samples a plan in batches with the batch-seed rule; subclasses draw one batch.
 
     Subclasses set `num_classes` (0: unconditional) and implement `draw_batch(class_ids, seed,
@@ -70,9 +72,13 @@ class BatchSampler:
 
     num_classes = 0
 
+    @abc.abstractmethod
     def check_guidance(self, cfg_scale):
         """Raises ValueError when this sampler's prior cannot serve guidance at `cfg_scale`."""
-        raise NotImplementedError
+
+    @abc.abstractmethod
+    def draw_batch(self, class_ids, seed, batch_index, settings):
+        """One batch: (tokens [B, h, w] int32, images [B, H, W, 3] float32 in [0, 1])."""
 
     def sample(self, class_ids, seed=0, settings=None, batch_size=100):
         """Returns (tokens int32 [N, h, w], images float32 [N, H, W, 3]) of every batch."""

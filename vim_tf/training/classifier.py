@@ -34,10 +34,6 @@ class ClassifierTraining(TrainingProcedure):
         self.shift_seed = keras.random.SeedGenerator(name="shift_seed")
         self._trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", "accuracy")}
 
-    def build(self, input_shape=None):
-        self.network.build()
-        self.built = True
-
     def checkpoint_items(self):
         """The network under "model", the optimizer, and the augmentation's random state (so a
         resumed run draws what an uninterrupted one would)."""
@@ -77,13 +73,5 @@ class ClassifierTraining(TrainingProcedure):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            network=keras.saving.serialize_keras_object(self.network), max_shift=self.max_shift
-        )
+        config.update(max_shift=self.max_shift)
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["network"] = keras.saving.deserialize_keras_object(config["network"])
-        return cls(**config)

@@ -99,10 +99,6 @@ class PriorTraining(TrainingProcedure):
             )
         return network(**grid)
 
-    def build(self, input_shape=None):
-        self.network.build()
-        self.built = True
-
     def checkpoint_items(self):
         """The network under "model", the optimizer, and the class dropout's random state (so a
         resumed run draws what an uninterrupted one would)."""
@@ -172,14 +168,7 @@ class PriorTraining(TrainingProcedure):
     def get_config(self):
         config = super().get_config()
         config.update(
-            network=keras.saving.serialize_keras_object(self.network),
             quantizer_dir=self.quantizer_dir,
             class_dropout=self.class_dropout,
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["network"] = keras.saving.deserialize_keras_object(config["network"])
-        return cls(**config)

@@ -67,6 +67,23 @@ class TrainingProcedure(keras.Model):
         """Keras `compile`; `optimizer` is the (first) optimizer, required to train."""
         super().compile(optimizer=optimizer, **kwargs)
 
+    def build(self, input_shape=None):
+        """Builds the network (procedures with more networks extend this)."""
+        self.network.build()
+        self.built = True
+
+    def get_config(self):
+        """Keras config: subclasses add their arguments; `network` is serialized here."""
+        config = super().get_config()
+        config["network"] = keras.saving.serialize_keras_object(self.network)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        return cls(**config)
+
     def build_all(self):
         """Creates every variable of the procedure (networks, losses' networks, trackers)."""
         self.build()

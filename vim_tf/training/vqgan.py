@@ -342,7 +342,6 @@ class VQGANTraining(TrainingProcedure):
     def get_config(self):
         config = super().get_config()
         config.update(
-            network=keras.saving.serialize_keras_object(self.network),
             l2_weight=self.l2_weight,
             logit_laplace_weight=self.logit_laplace_weight,
             vq_weight=self.vq_weight,
@@ -359,9 +358,3 @@ class VQGANTraining(TrainingProcedure):
             disc_start_step=self.disc_start_step,
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["network"] = keras.saving.deserialize_keras_object(config["network"])
-        return cls(**config)
