@@ -138,13 +138,14 @@ def encode_splits(quantizer_dir, output_dir, splits=("train", "test"), batch_siz
     """
     from vim_tf.config import gin_utils
     from vim_tf.data import input_pipeline
+    from vim_tf.models import vitvqgan
     from vim_tf.models.loading import load_tokenizer
 
     quantizer = load_tokenizer(quantizer_dir)
     gin_utils.load_model_dir_config(quantizer_dir)
     # Every experiment names its dataset through the DATASET macro.
     dataset = gin.query_parameter("%DATASET")
-    encode = tf.function(quantizer.encode)
+    encode = vitvqgan.compiled_encode(quantizer)
     info = {
         "quantizer_dir": fs.abspath(quantizer_dir),
         "grid_size": quantizer.grid_size,

@@ -7,6 +7,7 @@ perceptual network, optimizers) is `vim_tf.training.vqgan.VQGANTraining`.
 
 import gin
 import keras
+import tensorflow as tf
 from keras import ops
 
 from vim_tf.config import checks
@@ -191,3 +192,9 @@ class ViTVQGAN(keras.Model):
             min_log_scale=self.min_log_scale,
         )
         return config
+
+
+def compiled_encode(network):
+    """The compiled `network.encode` (images [B, H, W, 3] in [0, 1] -> int32 tokens [B, h, w]) that
+    the encode tool, the evaluator and the benchmark run."""
+    return tf.function(network.encode)

@@ -7,6 +7,9 @@ import tensorflow as tf
 
 # The settings' names, in the order of `SamplingSettings` and of the `generate` signature.
 KEYS = ("temperature", "top_k", "top_p", "cfg_scale")
+# Whether the sampling loop is XLA-compiled when the caller does not say (tools, evaluation,
+# the main job and `Sampler` read this one value).
+DEFAULT_JIT_COMPILE = False
 
 
 @dataclasses.dataclass(frozen=True)

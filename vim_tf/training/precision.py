@@ -17,15 +17,19 @@ reconstruction losses, the R1 penalty, and the output heads (decoder pixels, pri
 logits) with their cross-entropies.
 """
 
+import contextlib
+
 import gin
 import keras
 from absl import logging
 
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+# The policy `set_precision` applies when the config names none.
+DEFAULT_POLICY = "float32"
 
 
 @gin.configurable
-def set_precision(policy="float32"):
+def set_precision(policy=DEFAULT_POLICY):
     """Sets the global Keras dtype policy for the layers created afterwards.
 
     Args:
@@ -53,3 +57,14 @@ def current_policy():
 def needs_loss_scaling():
     """True under 'mixed_float16', whose gradients need a loss scale to avoid underflow."""
     return current_policy() == "mixed_float16"
+
+
+@contextlib.contextmanager
+def use_policy(policy):
+    """Applies `policy` (as `set_precision` does) for the block, then restores the previous one."""
+    previous = current_policy()
+    set_precision(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

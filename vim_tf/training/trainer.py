@@ -34,6 +34,9 @@ from vim_tf.training.fit import JIT_MODES, uses_xla
 from vim_tf.utils import fs
 from vim_tf.utils import model_dir as model_dir_lib
 
+# `train.jit_compile` when the config does not set it.
+DEFAULT_JIT_COMPILE = False
+
 
 @gin.configurable
 def create_model(model_class=gin.REQUIRED, **kwargs):
@@ -303,7 +306,7 @@ def train(
     steps_per_loop=None,
     keep_checkpoints=3,
     seed=0,
-    jit_compile=False,
+    jit_compile=DEFAULT_JIT_COMPILE,
     summary_split="test",
     nonfinite="stop",
     max_skipped_steps=100,
