@@ -1,10 +1,12 @@
-"""Measures training, encoding and sampling throughput on this machine; writes JSON.
+"""Measures training, encoding and sampling throughput on this machine, optionally against a
+baseline source tree; writes JSON.
 
-vim-benchmark --output=bench.json [--quick] [--only=stage1,flops]
+vim-benchmark --output=bench.json [--baseline=/path/to/old/checkout] [--quick] [--only=stage1]
 
-Prints each figure as it is measured, then a markdown table of all of them (the README's
-Benchmarks section). Every figure is a median of timed repetitions after a warm-up; variants
-compared with each other (float32 vs mixed_bfloat16, XLA off vs on) are timed in turns.
+Each workload runs in fresh processes (this tree's variants float32, float32 + XLA,
+mixed_bfloat16 and the defaults in turns; with --baseline, that tree's float32 in processes
+alternating with this tree's). Prints each row as it is measured, then a markdown table (the
+README's Benchmarks section) and the achieved fraction of the dense matmul peak per variant.
 
 The `vim-benchmark` console script; also `python -m vim_tf.bin.benchmark` and `python tools/benchmark.py`.
 """
@@ -18,33 +20,53 @@ from absl import flags  # noqa: E402
 from vim_tf.utils import cli  # noqa: E402
 
 flags.DEFINE_string("output", "bench.json", "Where the results JSON goes.")
-flags.DEFINE_bool("quick", False, "2 timed repetitions instead of 5 (a fast, noisier run).")
+flags.DEFINE_bool("quick", False, "Fewer timed calls and one round (a fast, noisier run).")
 flags.DEFINE_list(
     "only",
     [],
-    "Measurement groups to run (default: all): stage1, stage1_ss, encode, stage2, sampling, flops.",
+    "Workloads or groups to run (default: all). Groups: stage1 (stage1_tiny, stage1_64), "
+    "stage1_ss, encode (encode_tiny), stage2 (prior_train), sampling (sampling_256, "
+    "sampling_1024).",
 )
+flags.DEFINE_string(
+    "baseline",
+    None,
+    "A vim_tf source tree (e.g. a git worktree of an older commit) to compare with.",
+)
+flags.DEFINE_list(
+    "variants",
+    ["float32", "float32_xla", "mixed_bfloat16", "defaults"],
+    "Variants of this tree to time.",
+)
+flags.DEFINE_list("baseline_variants", ["float32"], "Variants of the baseline tree to time.")
+flags.DEFINE_integer("rounds", None, "Alternations per workload (default 2; 1 with --quick).")
+flags.DEFINE_integer("repeats", None, "Timed calls per variant and process (default by workload).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
-    import tensorflow as tf
-
     from vim_tf.reports import benchmark
-    from vim_tf.utils import model_dir
+    from vim_tf.utils import fs
 
-    # Every measurement traces a fresh model: TF's retracing warnings are expected here.
-    tf.get_logger().setLevel("ERROR")
-
-    results = benchmark.run_all(quick=FLAGS.quick, groups=FLAGS.only or None)
+    results = benchmark.run_all(
+        workloads=FLAGS.only or None,
+        variants=FLAGS.variants,
+        baseline=FLAGS.baseline,
+        baseline_variants=FLAGS.baseline_variants,
+        quick=FLAGS.quick,
+        rounds=FLAGS.rounds,
+        repeats=FLAGS.repeats,
+    )
     machine = results["machine"]
     print(
-        f"\n{machine['cpu_count']} CPU cores, TensorFlow {machine['tensorflow']}, "
+        f"\n{machine['cpu']}, {machine['cpu_count']} cores, TensorFlow {machine['tensorflow']}, "
         f"Python {machine['python']}\n"
     )
     print(benchmark.table(results))
-    model_dir.write_json(FLAGS.output, results)
+    print()
+    print(benchmark.peak_table(results))
+    fs.write_json(FLAGS.output, results)
     print(f"wrote {FLAGS.output}")
 
 

@@ -1,386 +1,342 @@
-"""Throughput measurements behind `vim-benchmark` (`tools/benchmark.py`) (medians of timed repetitions).
+"""Throughput of the training, encoding and sampling workloads, against a baseline source tree.
 
-Every figure is a median over `repeats` timed runs after a warm-up run that traces and compiles.
-Variants that are compared with each other (float32 vs mixed_bfloat16, XLA off vs on) are timed in
-turns (A, B, A, B, ...), so background load on a shared machine hits them alike.
+`run_all` times each workload (`workload_runner.WORKLOADS`) in fresh processes of
+`workload_runner.py`, one per tree and workload: this tree's process times the variants float32,
+float32 + XLA, mixed_bfloat16 and "defaults" (what a user gets without flags) in turns; with a
+baseline tree (e.g. a git worktree of an earlier commit), a process of that tree times its
+float32 variant, and the two trees' processes alternate (A, B, A, B, ... over `rounds`), so
+background load on a shared machine hits both alike. Each figure is the median of every timed
+call of a variant across the rounds, after one warm-up call per process.
 
-FLOPs: `stage1_flops` counts the matmul FLOPs of the stage-1 step analytically (2 FLOPs per
-multiply-add; the formula is in its docstring); `profiled_flops` asks TF's graph profiler for an
-independent count of the same traced step. The achieved GFLOP/s of the step are compared with the
-GFLOP/s of a dense float32 matmul on the same machine (`matmul_gflops`).
+Each row also gives, per variant, the achieved matmul FLOP/s (`flops.workload_flops` over the
+median time) as a fraction of a dense n x n matmul's FLOP/s in the variant's compute dtype,
+timed in the same process in turns with the steps: how close to the hardware each step runs.
+
+Ratios: a current variant's throughput over the baseline's float32 throughput (graph-mode train
+step, non-XLA sampler, plain `tf.function` encode); above 1 is faster.
 """
 
-import contextlib
+import json
 import os
 import platform
 import statistics
-import time
+import subprocess
+import sys
 
-import keras
-import numpy as np
 import tensorflow as tf
 
-from vim_tf.models.vim import VIM
-from vim_tf.models.vitvqgan import ViTVQGAN
-from vim_tf.sampling import decoding
-from vim_tf.training import optimizers, precision
-from vim_tf.training.prior import PriorTraining
-from vim_tf.training.vqgan import VQGANTraining
+from vim_tf.reports import flops as flops_lib
+from vim_tf.reports import workload_runner
+from vim_tf.reports.workload_runner import VARIANTS, WORKLOADS, timed, timed_interleaved
+from vim_tf.utils import fs
 
-TINY_STACK = {"num_layers": 2, "num_heads": 4, "hidden_dim": 128, "mlp_dim": 512}
-SS_STACK = {"num_layers": 8, "num_heads": 8, "hidden_dim": 512, "mlp_dim": 2048}
+__all__ = ["run_all", "table", "timed", "timed_interleaved", "GROUPS", "VARIANTS", "WORKLOADS"]
 
-# Stage-1 sizes: the tiny config (gin/models/vitvqgan_tiny.gin at 32 px) and the SS config
-# (gin/models/vitvqgan_ss.gin) at a reduced resolution, 64 px with its 8 px patches (64 tokens).
-TINY_STAGE1 = dict(
-    image_size=32, patch_size=4, stack=TINY_STACK, codebook_size=512, code_dim=32, batch=32
-)
-SS_STAGE1 = dict(
-    image_size=64, patch_size=8, stack=SS_STACK, codebook_size=8192, code_dim=32, batch=8
-)
-# Minuscule sizes for smoke runs (tests): every code path, none of the cost.
-SMOKE_STACK = {"num_layers": 1, "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32}
-SMOKE_STAGE1 = dict(
-    image_size=16, patch_size=4, stack=SMOKE_STACK, codebook_size=16, code_dim=4, batch=4
-)
+# --only accepts these group names as well as workload names.
+GROUPS = {
+    "stage1": ("stage1_tiny", "stage1_64"),
+    "stage1_ss": ("stage1_ss",),
+    "encode": ("encode_tiny",),
+    "stage2": ("prior_train",),
+    "sampling": ("sampling_256", "sampling_1024"),
+}
+RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workload_runner.py")
+# Timed calls per variant per process, for a full run and a --quick one (sampling a whole
+# 1024-token batch takes seconds per call).
+REPEATS = {"full": {"sampling": 4, "other": 6}, "quick": {"sampling": 3, "other": 4}}
+ROUNDS = {"full": 2, "quick": 1}
 
 
-def timed(fn, repeats=5):
-    """Median seconds of `fn()` over `repeats` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def select_workloads(names=None):
+    """Workload names from workload and group names (default: all, in table order)."""
+    if not names:
+        return list(WORKLOADS)
+    chosen = set()
+    for name in names:
+        if name in GROUPS:
+            chosen.update(GROUPS[name])
+        elif name in WORKLOADS:
+            chosen.add(name)
+        else:
+            raise ValueError(
+                f"unknown benchmark workload or group {name!r}; valid workloads: "
+                f"{list(WORKLOADS)}, groups: {list(GROUPS)}"
+            )
+    return [w for w in WORKLOADS if w in chosen]
 
 
-def timed_interleaved(fns, repeats=5):
-    """Median seconds of each `fns[name]()`, the variants timed in turns after a warm-up each.
-
-    Args:
-      fns: dict name -> zero-argument callable.
-
-    Returns:
-      dict name -> median seconds.
-    """
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+def check_variants(variants, what="variants"):
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad or not variants:
+        raise ValueError(f"unknown or no {what} {list(bad)}; valid: {list(VARIANTS)}")
+    return list(variants)
 
 
-def _sync(x):
-    return tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, x)
+def this_tree():
+    """The source tree (or site-packages) the running `vim_tf` was imported from."""
+    import vim_tf
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(vim_tf.__file__)))
 
 
-@contextlib.contextmanager
-def dtype_policy(policy):
-    """Runs the block under the global Keras dtype `policy`, then restores the previous one."""
-    if policy not in precision.POLICIES:
-        raise ValueError(f"policy must be one of {list(precision.POLICIES)}, got {policy!r}")
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
+def check_tree(path):
+    """`path` made absolute, if it holds a vim_tf source tree; else ValueError."""
+    tree = os.path.abspath(os.path.expanduser(path))
+    need = [os.path.join("vim_tf", "__init__.py"), os.path.join("vim_tf", "models", "vitvqgan.py")]
+    missing = [p for p in need if not fs.exists(os.path.join(tree, p))]
+    if missing:
+        raise ValueError(
+            f"--baseline={path!r} is not a vim_tf source tree ({missing} missing); pass the root "
+            "of a checkout, e.g. a `git worktree add /tmp/base <commit>`"
+        )
+    return tree
+
+
+def git_commit(tree):
+    """The short commit of a git checkout, or None."""
     try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-def quantizer(
-    image_size=32,
-    patch_size=4,
-    stack=None,
-    codebook_size=512,
-    code_dim=32,
-    adversarial=False,
-    policy="float32",
-):
-    """A stage-1 training procedure with its optimizers, built under the dtype `policy`."""
-    stack = stack or TINY_STACK
-    with dtype_policy(policy):
-        network = ViTVQGAN(
-            image_size=image_size,
-            patch_size=patch_size,
-            encoder=stack,
-            decoder=stack,
-            codebook_size=codebook_size,
-            code_dim=code_dim,
+        out = subprocess.run(
+            ["git", "-C", tree, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
-        model = VQGANTraining(
-            network,
-            adversarial_weight=0.1 if adversarial else 0.0,
-            discriminator={"channel_base": 512, "channel_max": 32} if adversarial else None,
-        )
-        model.build_all()
-        opts = {"generator": optimizers.make_optimizer(learning_rate=1e-4)}
-        if adversarial:
-            opts["discriminator"] = optimizers.make_optimizer(learning_rate=1e-4)
-        model.compile_optimizers(opts)
-        model.build_optimizers()
-    return model
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
-def tiny_quantizer(image_size=32, adversarial=False, policy="float32"):
-    """The tiny stage-1 model (patch 4, dim 128, 2+2 blocks, codebook 512x32)."""
-    return quantizer(image_size, adversarial=adversarial, policy=policy)
+def run_process(tree, workloads, variants, repeats, smoke=False, matmul_n=2048, python=None):
+    """Runs `workload_runner.py` in a fresh process with `tree` first on the path.
 
+    Returns:
+      The list of its job results (one per workload).
 
-def _model_args(cfg):
-    return {k: v for k, v in cfg.items() if k != "batch"}
-
-
-def stage1_step(cfg=TINY_STAGE1, jit=False, adversarial=False, policy="float32"):
-    """A zero-argument callable running one stage-1 train step on a fixed random batch.
-
-    The step is traced (and compiled, with `jit`) here, under `policy`.
+    Raises:
+      RuntimeError: the process failed (with the end of its stderr).
     """
-    model = quantizer(**_model_args(cfg), adversarial=adversarial, policy=policy)
-    size, batch = cfg["image_size"], cfg["batch"]
-    data = {
-        "image": tf.random.uniform((batch, size, size, 3)),
-        "label": tf.zeros((batch,), tf.int32),
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([tree] + [p for p in [env.get("PYTHONPATH")] if p])
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cmd = [python or sys.executable, RUNNER, f"--tree={tree}", f"--workloads={','.join(workloads)}"]
+    cmd += [f"--variants={','.join(variants)}", f"--repeats={repeats}", f"--matmul_n={matmul_n}"]
+    cmd += ["--smoke"] if smoke else []
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    results = [
+        json.loads(line[len("RESULT ") :])
+        for line in proc.stdout.splitlines()
+        if line.startswith("RESULT ")
+    ]
+    if proc.returncode or len(results) != len(workloads):
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(
+            f"the benchmark runner failed on tree {tree} (exit code {proc.returncode}): "
+            f"{' '.join(cmd)}\n{tail}"
+        )
+    return results
+
+
+def _pool(jobs):
+    """Job results of one tree and workload over the rounds -> (variants, matmul) with every
+    round's timed calls pooled."""
+    variants, matmul = {}, {}
+    for job in jobs:
+        for name, info in job["variants"].items():
+            merged = variants.setdefault(name, {k: v for k, v in info.items() if k != "times"})
+            if "times" in info:
+                merged.setdefault("times", []).extend(info["times"])
+        for dtype, info in job["matmul"].items():
+            matmul.setdefault(dtype, {"n": info["n"], "times": []})["times"].extend(info["times"])
+    return variants, matmul
+
+
+def measure(kind, cfg, jobs):
+    """Per-variant figures of one tree's jobs of one workload: dict variant -> {seconds,
+    throughput, achieved_gflops, peak_gflops, fraction_of_peak, policy, compute_dtype, jit,
+    times} (or {error})."""
+    step_flops = flops_lib.workload_flops(kind, cfg)
+    count, _ = flops_lib.workload_units(kind, cfg)
+    variants, matmul = _pool(jobs)
+    out = {}
+    for name, info in variants.items():
+        if "error" in info or not info.get("times"):
+            out[name] = {"error": info.get("error", "not timed")}
+            continue
+        seconds = statistics.median(info["times"])
+        mm = matmul[info["compute_dtype"]]
+        peak = flops_lib.matmul_flops(mm["n"]) / statistics.median(mm["times"]) / 1e9
+        achieved = step_flops / seconds / 1e9
+        out[name] = dict(
+            info,
+            seconds=seconds,
+            throughput=count / seconds,
+            achieved_gflops=achieved,
+            peak_gflops=peak,
+            fraction_of_peak=achieved / peak,
+        )
+    return out
+
+
+def describe(kind, cfg):
+    """The row label of a workload at its sizes (without the batch)."""
+    if kind in ("stage1", "encode"):
+        s = cfg["stack"]
+        what = "stage-1 train step" if kind == "stage1" else "stage-1 encode"
+        return (
+            f"{what}, {cfg['image_size']} px p{cfg['patch_size']}, {s['hidden_dim']} wide, "
+            f"{s['num_layers']}+{s['num_layers']} blocks, "
+            f"{cfg['codebook_size']}x{cfg['code_dim']} codes"
+        )
+    s, seq = cfg["stack"], cfg["grid_size"] ** 2
+    what = "prior train step" if kind == "prior" else "prior sampling (KV cache)"
+    return (
+        f"{what}, {s['hidden_dim']} wide x {s['num_layers']} layers, vocab "
+        f"{cfg['codebook_size']}, {seq} tokens"
+    )
+
+
+class _Plan:
+    """How one run measures: repeats, rounds, sizes and the trees."""
+
+    def __init__(self, quick, smoke, rounds, repeats, matmul_n, python):
+        speed = "quick" if quick or smoke else "full"
+        self.smoke = smoke
+        self.rounds = rounds or ROUNDS[speed]
+        self.repeats = repeats
+        self.speed = speed
+        self.matmul_n = matmul_n or (128 if smoke else 2048)
+        self.python = python
+
+    def repeats_for(self, kind):
+        if self.repeats:
+            return self.repeats
+        return REPEATS[self.speed]["sampling" if kind == "sampling" else "other"]
+
+    def run(self, tree, workloads, variants):
+        kinds = [workload_runner.workload_config(w)[0] for w in workloads]
+        repeats = max(self.repeats_for(kind) for kind in kinds)
+        args = (repeats, self.smoke, self.matmul_n, self.python)
+        return run_process(tree, workloads, variants, *args)
+
+
+def _row(workload, plan, jobs, baseline):
+    kind, cfg = workload_runner.workload_config(workload, plan.smoke)
+    row = {
+        "workload": workload,
+        "kind": kind,
+        "label": describe(kind, cfg),
+        "batch": cfg["batch"],
+        "unit": flops_lib.workload_units(kind, cfg)[1],
+        "flops_per_call": flops_lib.workload_flops(kind, cfg),
+        "current": measure(kind, cfg, jobs["current"]),
     }
-    step = tf.function(model.train_step, jit_compile=jit)
-    fn = lambda: _sync(step(data))  # noqa: E731
-    with dtype_policy(policy):
-        fn()
-    return fn
+    if baseline:
+        row["baseline"] = measure(kind, cfg, jobs["baseline"])
+        base = row["baseline"].get("float32", {}).get("throughput")
+        row["ratio_to_baseline"] = {
+            v: (m["throughput"] / base if base and "throughput" in m else None)
+            for v, m in row["current"].items()
+        }
+    return row
 
 
-def stage1_train(
-    batch=32, image_size=32, jit=False, adversarial=False, repeats=5, policy="float32"
+def _print_row(row):
+    for side in ("baseline", "current"):
+        for variant, m in row.get(side, {}).items():
+            name = f"{row['label']} ({row['batch']}), {side} {variant}"
+            if "error" in m:
+                print(f"{name}: failed: {m['error']}", flush=True)
+                continue
+            ratio = row.get("ratio_to_baseline", {}).get(variant) if side == "current" else None
+            print(
+                f"{name}: {fmt(m['throughput'])} {row['unit']}, {m['achieved_gflops']:.1f} "
+                f"GFLOP/s = {100 * m['fraction_of_peak']:.0f}% of the {m['compute_dtype']} "
+                f"matmul" + (f"; {ratio:.2f}x baseline float32" if ratio else ""),
+                flush=True,
+            )
+
+
+def _process_plan(workloads, one_process):
+    """Groups of workloads run by one process per tree (each group: A, B per round)."""
+    return [list(workloads)] if one_process else [[w] for w in workloads]
+
+
+def run_all(
+    workloads=None,
+    variants=VARIANTS,
+    baseline=None,
+    baseline_variants=("float32",),
+    quick=False,
+    smoke=False,
+    rounds=None,
+    repeats=None,
+    one_process=False,
+    matmul_n=None,
+    python=None,
 ):
-    """Images/s of the tiny stage-1 train step (32 px, patch 4, dim 128, 2+2 blocks, 512x32)."""
-    cfg = dict(TINY_STAGE1, batch=batch, image_size=image_size)
-    step = stage1_step(cfg, jit=jit, adversarial=adversarial, policy=policy)
-    return cfg["batch"] / timed(step, repeats)
-
-
-def stage1_variants(variants, cfg=TINY_STAGE1, repeats=5):
-    """Images/s of stage-1 train-step variants timed in turns.
+    """Measures `workloads` (workload or group names; default all) and prints each row.
 
     Args:
-      variants: dict name -> dict(jit=bool, policy=str, adversarial=bool), all optional.
+      variants: variants of this tree (of VARIANTS).
+      baseline: path of another vim_tf source tree to compare with, or None.
+      baseline_variants: variants timed on the baseline (the ratios need float32).
+      quick: fewer timed calls and one round (a fast, noisier run).
+      smoke: minuscule model sizes (tests: every code path in seconds; numbers meaningless).
+      rounds, repeats: override the alternations A, B per workload and the timed calls per
+        process.
+      one_process: one process per tree and round for all workloads (faster, less isolated).
+      matmul_n: size of the peak matmul (default 2048; 128 with `smoke`).
+      python: the interpreter of the runner processes (default: this one).
 
     Returns:
-      dict name -> images/s.
+      {"machine", "trees", "defaults", "rows": [{workload, kind, label, batch, unit,
+      flops_per_call, current: {variant: figures}, baseline, ratio_to_baseline}]}.
     """
-    steps = {name: stage1_step(cfg, **v) for name, v in variants.items()}
-    return {name: cfg["batch"] / t for name, t in timed_interleaved(steps, repeats).items()}
-
-
-def stage1_encode(batch=256, image_size=32, jit=False, repeats=5, cfg=None):
-    """Images/s of `encode` (default: the tiny config)."""
-    model = quantizer(**dict(_model_args(cfg or TINY_STAGE1), image_size=image_size))
-    images = tf.random.uniform((batch, image_size, image_size, 3))
-    enc = tf.function(model.network.encode, jit_compile=jit)
-    return batch / timed(lambda: enc(images).numpy(), repeats)
-
-
-def tiny_prior(seq_len, policy="float32", smoke=False):
-    """The tiny prior (gin/models/vim_tiny.gin sizes, dropout 0): 4 blocks, width 128."""
-    grid = int(round(np.sqrt(seq_len)))
-    size = dict(SMOKE_STACK) if smoke else dict(TINY_STACK, num_layers=4)
-    with dtype_policy(policy):
-        model = VIM(
-            **size,
-            grid_size=grid,
-            codebook_size=16 if smoke else 512,
-            dropout=0.0,
-            num_classes=10,
-        )
-        model.build()
-    return model
-
-
-def sampling(seq_len, use_cache, batch=8, steps=None, jit=False, repeats=3):
-    """Tokens/s of autoregressive sampling from a tiny prior (4 blocks, width 128).
-
-    With static shapes each step costs the same whatever its position (the cached step attends
-    over the full, masked cache; the uncached step recomputes the full padded sequence), so
-    `steps` < seq_len times a prefix of the loop and the rate holds for the whole sequence.
-    """
-    model = tiny_prior(seq_len)
-    steps = steps or seq_len
-    cls = tf.zeros([batch], tf.int32)
-    fn = tf.function(
-        lambda: decoding.sample_tokens(model, cls, 0, use_cache=use_cache, num_steps=steps),
-        jit_compile=jit,
-    )
-    return batch * steps / timed(lambda: fn().numpy(), repeats)
-
-
-def prior_step(seq_len=256, batch=16, jit=False, policy="float32", smoke=False):
-    """A zero-argument callable running one stage-2 train step (traced here, under `policy`)."""
-    network = tiny_prior(seq_len, policy, smoke)
-    with dtype_policy(policy):
-        model = PriorTraining(network)
-        model.compile(optimizer=optimizers.make_optimizer(learning_rate=1e-4))
-        model.build_optimizers()
-    data = {
-        "tokens": tf.random.uniform((batch, seq_len), 0, network.codebook_size, tf.int32),
-        "label": tf.zeros((batch,), tf.int32),
+    names = select_workloads(workloads)
+    variants = check_variants(variants)
+    trees = {"current": this_tree()}
+    if baseline:
+        trees["baseline"] = check_tree(baseline)
+        if "float32" not in check_variants(baseline_variants, "baseline variants"):
+            raise ValueError("baseline_variants must include 'float32' (the ratios' reference)")
+    plan = _Plan(quick, smoke, rounds, repeats, matmul_n, python)
+    report = {
+        "machine": machine(),
+        "trees": {k: {"path": t, "commit": git_commit(t)} for k, t in trees.items()},
+        "plan": {"rounds": plan.rounds, "speed": plan.speed, "matmul_n": plan.matmul_n},
+        "rows": [],
     }
-    step = tf.function(model.train_step, jit_compile=jit)
-    fn = lambda: _sync(step(data))  # noqa: E731
-    with dtype_policy(policy):
-        fn()
-    return fn
-
-
-def prior_train(seq_len=256, batch=16, jit=False, repeats=5, policy="float32"):
-    """Tokens/s of the tiny prior's train step."""
-    step = prior_step(seq_len, batch, jit, policy)
-    return batch * seq_len / timed(step, repeats)
-
-
-def prior_variants(variants, seq_len=256, batch=16, repeats=5, smoke=False):
-    """Tokens/s of stage-2 train-step variants (dict name -> dict(jit=, policy=)) timed in turns."""
-    steps = {name: prior_step(seq_len, batch, smoke=smoke, **v) for name, v in variants.items()}
-    return {name: batch * seq_len / t for name, t in timed_interleaved(steps, repeats).items()}
-
-
-# ----------------------------------------------------------------------------- FLOPs
-
-
-def block_flops(tokens, dim, mlp_dim):
-    """Forward matmul FLOPs of one transformer block over `tokens` tokens of width `dim`.
-
-    q/k/v and output projections 2*N*D*3D + 2*N*D*D = 8*N*D^2; attention logits q.k and the
-    weighted sum of values 2 * 2*N*N*D = 4*N^2*D; MLP 2 * 2*N*D*M = 4*N*D*M.
-    """
-    n, d, m = tokens, dim, mlp_dim
-    return 8 * n * d * d + 4 * n * n * d + 4 * n * d * m
-
-
-def stage1_flops(
-    image_size, patch_size, stack, codebook_size, code_dim, decoder=None, channels=3, out_channels=6
-):
-    """Matmul FLOPs per image of the stage-1 autoencoder (2 FLOPs per multiply-add).
-
-    With N = (image_size / patch_size)^2 tokens, P = patch_size^2 * channels, encoder width D and
-    MLP width M (decoder D', M'), L / L' blocks, K codes of dimension c:
-
-      forward = 2*N*P*D                       patch embedding
-              + L * block(N, D, M)            encoder blocks (`block_flops`)
-              + 2*N*D*M + 2*N*M*D             encoder tanh feed-forward
-              + 2*N*D*c                       projection to the lookup space
-              + 2*N*c*K                       code similarities (one [N,c]x[c,K] matmul)
-              + 2*N*c*D'                      projection back up
-              + L' * block(N, D', M')         decoder blocks
-              + 2*N*D'*M' + 2*N*M'*p^2*6      decoder feed-forward to the pixel head
-      train   = 3 * forward                   (backward: gradients w.r.t. inputs and weights)
-              - 2 * 2*N*c*K                   (the code choice is an argmax: no backward)
-              - 2*N*P*D                       (no gradient w.r.t. the images)
-
-    Elementwise work (layer norms, GELU, softmax, losses, the Adam update) is not counted; TF's
-    profiler (`profiled_flops`) counts it, a few percent more at the tiny size.
-
-    Returns:
-      dict(forward=..., train=...) FLOPs per image.
-    """
-    dec = decoder or stack
-    n = (image_size // patch_size) ** 2
-    p = patch_size**2 * channels
-    d, m = stack["hidden_dim"], stack["mlp_dim"]
-    d2, m2 = dec["hidden_dim"], dec["mlp_dim"]
-    patch = 2 * n * p * d
-    codes = 2 * n * code_dim * codebook_size
-    forward = (
-        patch
-        + stack["num_layers"] * block_flops(n, d, m)
-        + 4 * n * d * m
-        + 2 * n * d * code_dim
-        + codes
-        + 2 * n * code_dim * d2
-        + dec["num_layers"] * block_flops(n, d2, m2)
-        + 2 * n * d2 * m2
-        + 2 * n * m2 * patch_size**2 * out_channels
-    )
-    return {"forward": forward, "train": 3 * forward - 2 * codes - patch}
-
-
-def profiled_flops(fn, *args):
-    """FLOPs of the graph `tf.function(fn)` traces for `args`, counted by TF's graph profiler
-    (every op with registered FLOP statistics: matmuls, convolutions and elementwise ops)."""
-    from tensorflow.python.profiler import model_analyzer, option_builder
-
-    graph = tf.function(fn).get_concrete_function(*args).graph
-    opts = option_builder.ProfileOptionBuilder.float_operation()
-    opts["output"] = "none"
-    return int(model_analyzer.profile(graph, options=opts).total_float_ops)
-
-
-def matmul_step(n=2048, dtype="float32"):
-    """A zero-argument callable running one dense n x n matmul (2*n^3 FLOPs) in a tf.function."""
-    a = tf.cast(tf.random.normal((n, n)), dtype)
-    b = tf.cast(tf.random.normal((n, n)), dtype)
-    fn = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
-    return lambda: fn().numpy()
-
-
-def matmul_gflops(n=2048, dtype="float32", repeats=5):
-    """GFLOP/s of a dense n x n matmul, median of `repeats`."""
-    return 2.0 * n**3 / timed(matmul_step(n, dtype), repeats) / 1e9
-
-
-def stage1_flops_report(cfg=TINY_STAGE1, repeats=5, matmul_n=2048):
-    """Achieved GFLOP/s of the stage-1 train step (XLA off and on) against a dense matmul's."""
-    model_args = _model_args(cfg)
-    flops = stage1_flops(**model_args)
-    batch = cfg["batch"]
-    step_flops = flops["train"] * batch
-    model = quantizer(**model_args)
-    data = {
-        "image": tf.random.uniform((batch, cfg["image_size"], cfg["image_size"], 3)),
-        "label": tf.zeros((batch,), tf.int32),
-    }
-    profiled = profiled_flops(model.train_step, data)
-    # The matmul is timed in turns with the steps: background load hits all three alike.
-    times = timed_interleaved(
-        {
-            "plain": stage1_step(cfg),
-            "xla": stage1_step(cfg, jit=True),
-            "matmul": matmul_step(matmul_n),
-        },
-        repeats,
-    )
-    peak = 2.0 * matmul_n**3 / times.pop("matmul") / 1e9
-    achieved = {k: step_flops / t / 1e9 for k, t in times.items()}
-    return {
-        "config": {k: v for k, v in cfg.items()},
-        "forward_flops_per_image": flops["forward"],
-        "train_flops_per_image": flops["train"],
-        "train_step_flops": step_flops,
-        "profiler_train_step_flops": profiled,
-        "step_seconds": times["plain"],
-        "step_seconds_xla": times["xla"],
-        "achieved_gflops": achieved["plain"],
-        "achieved_gflops_xla": achieved["xla"],
-        f"matmul_{matmul_n}_float32_gflops": peak,
-        "fraction_of_matmul": achieved["plain"] / peak,
-        "fraction_of_matmul_xla": achieved["xla"] / peak,
-    }
+    for group in _process_plan(names, one_process):
+        jobs = {side: {w: [] for w in group} for side in trees}
+        for _ in range(plan.rounds):
+            for side, tree in trees.items():
+                side_variants = variants if side == "current" else baseline_variants
+                for result in plan.run(tree, group, side_variants):
+                    jobs[side][result["workload"]].append(result)
+                    report["trees"][side]["defaults"] = result["defaults"]
+                    report["trees"][side]["api"] = result["api"]
+        for w in group:
+            row = _row(w, plan, {side: jobs[side][w] for side in trees}, baseline)
+            report["rows"].append(row)
+            _print_row(row)
+    return report
 
 
 def machine():
+    """CPU model, core count, TensorFlow and Python versions of this machine."""
+    cpu = platform.processor() or platform.machine()
+    if fs.exists("/proc/cpuinfo"):
+        for line in fs.read_text("/proc/cpuinfo").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
     return {
+        "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
-        "devices": [d.name for d in tf.config.list_logical_devices()],
     }
-
-
-GROUPS = ("stage1", "stage1_ss", "encode", "stage2", "sampling", "flops")
 
 
 def fmt(value):
@@ -388,142 +344,52 @@ def fmt(value):
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
 
 
-class _Report:
-    """The rows of one benchmark run, printed as they are measured."""
-
-    def __init__(self, smoke, quick):
-        self.smoke = smoke
-        self.repeats = 1 if smoke else 2 if quick else 5
-        self.tiny = SMOKE_STAGE1 if smoke else TINY_STAGE1
-        self.ss = SMOKE_STAGE1 if smoke else SS_STAGE1
-        self.seq, self.prior_batch = (16, 2) if smoke else (256, 16)
-        self.rows = []
-        self.extra = {}
-
-    def add(self, name, value, unit):
-        self.rows.append({"name": name, "value": float(value), "unit": unit})
-        print(f"{name:<66} {fmt(value):>12} {unit}", flush=True)
-
-    def add_ratios(self, name, res, unit):
-        for variant, value in res.items():
-            self.add(f"{name}, {variant}", value, unit)
-        if "mixed_bfloat16" in res:
-            self.add(
-                f"{name}: mixed_bfloat16 / float32", res["mixed_bfloat16"] / res["float32"], "x"
-            )
-        if "float32, XLA" in res:
-            self.add(f"{name}: XLA / no XLA (float32)", res["float32, XLA"] / res["float32"], "x")
+def _cell(row, variant):
+    m = row["current"].get(variant)
+    if m is None:
+        return ""
+    if "error" in m:
+        return "-"
+    ratio = row.get("ratio_to_baseline", {}).get(variant)
+    return f"{fmt(m['throughput'])}" + (f" ({ratio:.2f}x)" if ratio else "")
 
 
-def _label(cfg, what):
-    return f"{what} {cfg['image_size']}px patch {cfg['patch_size']} batch {cfg['batch']}"
-
-
-# The precision and compiler variants of a train step, timed in turns against each other.
-_STEP_VARIANTS = {
-    "float32": {},
-    "float32, XLA": {"jit": True},
-    "mixed_bfloat16": {"policy": "mixed_bfloat16"},
-    "mixed_bfloat16, XLA": {"policy": "mixed_bfloat16", "jit": True},
-}
-
-
-def _stage1_group(rep):
-    variants = dict(_STEP_VARIANTS, **{"float32, with GAN step": {"adversarial": True}})
-    res = stage1_variants(variants, cfg=rep.tiny, repeats=rep.repeats)
-    rep.add_ratios(_label(rep.tiny, "stage1 train, tiny"), res, "img/s")
-
-
-def _stage1_ss_group(rep):
-    variants = {"float32": {}, "mixed_bfloat16": {"policy": "mixed_bfloat16"}}
-    res = stage1_variants(variants, cfg=rep.ss, repeats=rep.repeats)
-    for variant, value in res.items():
-        rep.add(f"{_label(rep.ss, 'stage1 train, SS')}, {variant}", value, "img/s")
-
-
-def _encode_group(rep):
-    batch, size = (8 if rep.smoke else 256), rep.tiny["image_size"]
-    rate = stage1_encode(batch, size, repeats=rep.repeats, cfg=rep.tiny)
-    rep.add(f"stage1 encode, tiny {size}px batch {batch}", rate, "img/s")
-
-
-def _stage2_group(rep):
-    res = prior_variants(
-        _STEP_VARIANTS,
-        seq_len=rep.seq,
-        batch=rep.prior_batch,
-        repeats=rep.repeats,
-        smoke=rep.smoke,
-    )
-    name = f"stage2 train, tiny prior seq {rep.seq} batch {rep.prior_batch}"
-    rep.add_ratios(name, res, "tokens/s")
-
-
-def _sampling_group(rep):
-    repeats = max(rep.repeats - 1, 1)
-    for length in (16,) if rep.smoke else (256, 1024):
-        cached = sampling(length, True, steps=4 if rep.smoke else None, repeats=repeats)
-        rep.add(f"sampling seq {length}, batch 8, KV cache", cached, "tokens/s")
-        uncached = sampling(length, False, steps=4 if rep.smoke else 32, repeats=repeats)
-        name = f"sampling seq {length}, batch 8, no cache (full recomputation)"
-        rep.add(name, uncached, "tokens/s")
-
-
-def _flops_group(rep):
-    n = 256 if rep.smoke else 2048
-    flops = stage1_flops_report(rep.tiny, repeats=rep.repeats, matmul_n=n)
-    rep.extra["flops"] = flops
-    name = _label(rep.tiny, "stage1 train step, tiny")
-    rep.add(f"{name}: GFLOP per step (analytic, matmuls)", flops["train_step_flops"] / 1e9, "GFLOP")
-    profiled = flops["profiler_train_step_flops"] / 1e9
-    rep.add(f"{name}: GFLOP per step (TF profiler, all ops)", profiled, "GFLOP")
-    rep.add(f"{name}: achieved", flops["achieved_gflops"], "GFLOP/s")
-    rep.add(f"{name}: achieved, XLA", flops["achieved_gflops_xla"], "GFLOP/s")
-    rep.add(f"dense matmul {n}x{n} float32", flops[f"matmul_{n}_float32_gflops"], "GFLOP/s")
-    bf16 = matmul_gflops(n, "bfloat16", repeats=rep.repeats)
-    flops[f"matmul_{n}_bfloat16_gflops"] = bf16
-    rep.add(f"dense matmul {n}x{n} bfloat16", bf16, "GFLOP/s")
-    rep.add(f"{name}: achieved / dense matmul", 100 * flops["fraction_of_matmul"], "%")
-    rep.add(f"{name}: achieved / dense matmul, XLA", 100 * flops["fraction_of_matmul_xla"], "%")
-
-
-_GROUP_FNS = {
-    "stage1": _stage1_group,
-    "stage1_ss": _stage1_ss_group,
-    "encode": _encode_group,
-    "stage2": _stage2_group,
-    "sampling": _sampling_group,
-    "flops": _flops_group,
-}
-
-
-def run_all(quick=False, groups=None, smoke=False):
-    """Runs the measurements of `groups` (default: all of GROUPS), printing each row.
-
-    Args:
-      quick: 2 timed repetitions instead of 5 (a fast, noisier run).
-      groups: names from GROUPS to run.
-      smoke: minuscule model sizes (tests: every code path in seconds; numbers meaningless).
-
-    Returns:
-      {"machine": ..., "results": [{name, value, unit}], "flops": {...} (with the flops group)}.
-    """
-    groups = tuple(groups or GROUPS)
-    unknown = [g for g in groups if g not in GROUPS]
-    if unknown:
-        raise ValueError(f"unknown benchmark groups {unknown}; valid: {list(GROUPS)}")
-    rep = _Report(smoke, quick)
-    report = {"machine": machine(), "results": rep.rows}
-    for group in GROUPS:
-        if group in groups:
-            _GROUP_FNS[group](rep)
-    report.update(rep.extra)
-    return report
+def _peak_cell(m):
+    if not m or "error" in m:
+        return "-"
+    return f"{100 * m['fraction_of_peak']:.0f}% of {m['compute_dtype']}"
 
 
 def table(report):
-    """The results as a markdown table (the README's Benchmarks section)."""
-    lines = ["| measurement | result |", "|---|---|"]
-    for row in report["results"]:
-        lines.append(f"| {row['name']} | {fmt(row['value'])} {row['unit']} |")
+    """The rows as a markdown table: throughput per variant (ratio to the baseline float32 in
+    parentheses), the defaults' ratio, and the defaults' achieved fraction of the matmul peak."""
+    head = (
+        "| workload (batch) | baseline float32 | float32 | float32+XLA | mixed_bfloat16 "
+        "| defaults | ratio defaults/baseline | achieved/peak (defaults) |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        base = row.get("baseline", {}).get("float32")
+        base_cell = "" if base is None else "-" if "error" in base else fmt(base["throughput"])
+        ratio = row.get("ratio_to_baseline", {}).get("defaults")
+        cells = [f"{row['label']} ({row['batch']}), {row['unit']}", base_cell]
+        cells += [_cell(row, v) for v in VARIANTS]
+        cells += [f"{ratio:.2f}x" if ratio else "", _peak_cell(row["current"].get("defaults"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def peak_table(report):
+    """Achieved GFLOP/s and fraction of the matmul peak of every measured variant."""
+    lines = ["| workload (batch) | GFLOP per call | " + " | ".join(VARIANTS) + " |"]
+    lines.append("|---|---|" + "---|" * len(VARIANTS))
+    for row in report["rows"]:
+        cells = [f"{row['label']} ({row['batch']})", f"{row['flops_per_call'] / 1e9:.3g}"]
+        for v in VARIANTS:
+            m = row["current"].get(v)
+            if m is None or "error" in m:
+                cells.append("" if m is None else "-")
+            else:
+                cells.append(f"{m['achieved_gflops']:.3g} GFLOP/s, {_peak_cell(m)}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
