@@ -1,60 +1,100 @@
-"""The benchmark tool: FLOP formulas, interleaved timing, and a smoke run's JSON structure."""
+"""The benchmark tool: FLOP formulas, timing in turns, the figures and ratios of a run, and a
+smoke run of every workload in fresh processes with this tree as its own baseline."""
 
 import json
 import os
+import re
+import statistics
 
-import keras
-import numpy as np
 import tensorflow as tf
 
 from testcase import TestCase
-from vim_tf.reports import benchmark
-from vim_tf.utils import model_dir
+from vim_tf.reports import benchmark, flops, workload_runner
+from vim_tf.training import precision, trainer
+from vim_tf.utils import fs
+
+SMALL = {"num_layers": 1, "num_heads": 2, "hidden_dim": 8, "mlp_dim": 16}
 
 
 class FlopsTest(TestCase):
     def test_block_formula(self):
         # q/k/v + out: 8*N*D^2 = 8*4*64; logits + values: 4*N^2*D = 4*16*8; MLP: 4*N*D*M.
-        self.assertEqual(benchmark.block_flops(4, 8, 16), 2048 + 512 + 2048)
+        self.assertEqual(flops.block_flops(4, 8, 16), 2048 + 512 + 2048)
+        # One token attending to 3 positions: 8*64 + 4*3*8 + 4*8*16.
+        self.assertEqual(flops.block_flops(1, 8, 16, attended=3), 512 + 96 + 512)
 
     def test_stage1_flops_by_hand(self):
         # 8 px images, 4 px patches: N = 4 tokens, P = 48; D = 8, M = 16, one block each side;
         # K = 16 codes of c = 4.
-        stack = {"num_layers": 1, "num_heads": 2, "hidden_dim": 8, "mlp_dim": 16}
-        got = benchmark.stage1_flops(8, 4, stack, codebook_size=16, code_dim=4)
-        forward = (
+        got = flops.stage1_flops(8, 4, SMALL, codebook_size=16, code_dim=4)
+        encode = (
             2 * 4 * 48 * 8  # patch embedding        3072
             + 4608  # encoder block (2048 + 512 + 2048)
             + 2 * (2 * 4 * 8 * 16)  # encoder feed-forward   2048
             + 2 * 4 * 8 * 4  # in_proj                  256
             + 2 * 4 * 4 * 16  # code similarities       512
+        )
+        forward = (
+            encode
             + 2 * 4 * 4 * 8  # out_proj                 256
             + 4608  # decoder block
             + 2 * 4 * 8 * 16  # decoder ffn_in         1024
             + 2 * 4 * 16 * (16 * 6)  # pixel head     12288
         )
-        self.assertEqual(forward, 28672)
+        self.assertEqual((encode, forward), (10496, 28672))
+        self.assertEqual(got["encode"], 10496)
         self.assertEqual(got["forward"], 28672)
         # 3x forward, the argmax'ed similarities once, no gradient into the images.
         self.assertEqual(got["train"], 3 * 28672 - 2 * 512 - 3072)
 
     def test_tiny_config_flops(self):
-        got = benchmark.stage1_flops(**benchmark._model_args(benchmark.TINY_STAGE1))
+        kind, cfg = workload_runner.workload_config("stage1_tiny")
+        got = flops.stage1_flops(**{k: v for k, v in cfg.items() if k != "batch"})
         # N = 64, D = 128, M = 512, P = 48, K = 512, c = 32, 2 + 2 blocks of 27,262,976.
         self.assertEqual(got["forward"], 144_441_344)
         self.assertEqual(got["train"], 3 * 144_441_344 - 2 * 2_097_152 - 786_432)
+        self.assertEqual(flops.workload_flops(kind, cfg), 32 * got["train"])
 
-    def test_profiler_count_agrees_with_the_formula(self):
-        cfg = benchmark.SMOKE_STAGE1
-        model = benchmark.quantizer(**benchmark._model_args(cfg))
+    def test_prior_flops_by_hand(self):
+        # grid 2: N = 4 positions; D = 8, M = 16, one block; K = 16 codes.
+        got = flops.prior_flops(SMALL, grid_size=2, codebook_size=16)
+        self.assertEqual(got["forward"], 4608 + 2 * 4 * 8 * 16)
+        self.assertEqual(got["train"], 3 * 5632)
+        # Position i attends to i + 1 positions: 8*D^2 + 4*D*M + 4*(i+1)*D, plus the head 2*D*K.
+        per_position = [512 + 512 + 4 * (i + 1) * 8 + 256 for i in range(4)]
+        self.assertEqual(got["sample"], sum(per_position))
+        self.assertEqual(got["sample"], 5440)
+
+    def test_workload_flops_and_units(self):
+        cfg = dict(stack=SMALL, grid_size=2, codebook_size=16, batch=3, num_classes=10)
+        self.assertEqual(flops.workload_flops("prior", cfg), 3 * 3 * 5632)
+        self.assertEqual(flops.workload_flops("sampling", cfg), 3 * 5440)
+        self.assertEqual(flops.workload_units("sampling", cfg), (12, "tokens/s"))
+        with self.assertRaisesRegex(ValueError, "unknown workload kind 'decode'"):
+            flops.workload_flops("decode", cfg)
+
+    def test_profiler_counts_agree_with_the_formulas(self):
+        api = workload_runner.Api()
+        _, cfg = workload_runner.workload_config("stage1_tiny", smoke=True)
+        network, model = api.quantizer(cfg)
         images = tf.random.uniform((cfg["batch"], 16, 16, 3))
         data = {"image": images, "label": tf.zeros((cfg["batch"],), tf.int32)}
-        analytic = benchmark.stage1_flops(**benchmark._model_args(cfg))
-        fwd = benchmark.profiled_flops(lambda x: model(x, training=True)["loc"], images)
-        step = benchmark.profiled_flops(model.train_step, data)
+        analytic = flops.stage1_flops(**{k: v for k, v in cfg.items() if k != "batch"})
+        fwd = flops.profiled_flops(lambda x: model(x, training=True)["loc"], images)
+        step = flops.profiled_flops(model.train_step, data)
+        enc = flops.profiled_flops(network.encode, images)
         # The profiler also counts elementwise ops (and the Adam update): a little more.
         self.assertBetween(fwd / (analytic["forward"] * cfg["batch"]), 1.0, 1.15)
         self.assertBetween(step / (analytic["train"] * cfg["batch"]), 1.0, 1.3)
+        self.assertBetween(enc / (analytic["encode"] * cfg["batch"]), 1.0, 1.15)
+        # Wider than SMALL: at width 8 the softmax and layer norms are a quarter of the count.
+        stack = dict(SMALL, hidden_dim=64, mlp_dim=128)
+        prior_cfg = dict(stack=stack, grid_size=4, codebook_size=128, num_classes=10)
+        prior, _ = api.prior(prior_cfg, train=False)
+        tokens = tf.zeros((2, 16), tf.int32)
+        counted = flops.profiled_flops(lambda t: prior(t, tf.zeros((2,), tf.int32)), tokens)
+        want = 2 * flops.prior_flops(stack, 4, 128)["forward"]
+        self.assertBetween(counted / want, 1.0, 1.1)
 
 
 class TimingTest(TestCase):
@@ -66,45 +106,126 @@ class TimingTest(TestCase):
         self.assertEqual(set(times), {"a", "b"})
         self.assertTrue(all(t >= 0 for t in times.values()))
 
-    def test_unknown_group(self):
-        with self.assertRaisesRegex(ValueError, "unknown benchmark groups.*'stage3'"):
-            benchmark.run_all(groups=["stage3"])
+
+def _job(times, matmul_times, dtype="float32", variant="float32"):
+    info = {"policy": "float32", "compute_dtype": dtype, "jit": False, "times": times}
+    return {"variants": {variant: info}, "matmul": {dtype: {"n": 100, "times": matmul_times}}}
+
+
+class FiguresTest(TestCase):
+    def test_rounds_pool_and_ratio_to_the_baseline(self):
+        plan = benchmark._Plan(False, True, None, None, None, None)
+        kind, cfg = workload_runner.workload_config("stage1_tiny", smoke=True)
+        jobs = {
+            # Two rounds of this tree: calls 1, 2 | 4 s -> median 2 s; matmul median 0.5 s.
+            "current": [_job([1.0, 2.0], [0.5, 0.4]), _job([4.0], [0.6])],
+            "baseline": [_job([8.0], [1.0]), _job([8.0], [1.0])],
+        }
+        row = benchmark._row("stage1_tiny", plan, jobs, baseline=True)
+        cur, base = row["current"]["float32"], row["baseline"]["float32"]
+        self.assertEqual(cur["times"], [1.0, 2.0, 4.0])
+        self.assertEqual(cur["seconds"], 2.0)
+        self.assertEqual(cur["throughput"], cfg["batch"] / 2.0)
+        step = flops.workload_flops(kind, cfg)
+        self.assertAlmostEqual(cur["achieved_gflops"], step / 2.0 / 1e9)
+        self.assertAlmostEqual(cur["peak_gflops"], 2 * 100**3 / 0.5 / 1e9)
+        self.assertAlmostEqual(cur["fraction_of_peak"], (step / 2.0) / (2 * 100**3 / 0.5))
+        self.assertEqual(row["ratio_to_baseline"]["float32"], 4.0)  # 8 s vs 2 s
+        self.assertEqual(base["throughput"], cfg["batch"] / 8.0)
+
+    def test_a_failed_variant_is_a_dash(self):
+        plan = benchmark._Plan(False, True, None, None, None, None)
+        failed = {"variants": {"mixed_bfloat16": {"error": "TypeError: x"}}, "matmul": {}}
+        jobs = {"current": [failed], "baseline": [_job([1.0], [1.0])]}
+        row = benchmark._row("sampling_256", plan, jobs, baseline=True)
+        self.assertEqual(row["current"]["mixed_bfloat16"], {"error": "TypeError: x"})
+        self.assertIsNone(row["ratio_to_baseline"]["mixed_bfloat16"])
+        line = benchmark.table({"rows": [row]}).splitlines()[2]
+        self.assertEqual(line.split(" | ")[4], "-")
+
+
+class BadInputTest(TestCase):
+    def test_unknown_workload_or_group(self):
+        with self.assertRaisesRegex(ValueError, "unknown benchmark workload or group 'stage3'"):
+            benchmark.run_all(workloads=["stage3"])
+        with self.assertRaisesRegex(ValueError, "unknown workload 'decode'; valid: .*stage1_tiny"):
+            workload_runner.workload_config("decode")
+
+    def test_groups_and_names_select_in_table_order(self):
+        got = benchmark.select_workloads(["sampling_256", "stage1"])
+        self.assertEqual(got, ["stage1_tiny", "stage1_64", "sampling_256"])
+
+    def test_unknown_variant(self):
+        with self.assertRaisesRegex(ValueError, r"unknown or no variants \['bf16'\]; valid"):
+            benchmark.run_all(workloads=["encode"], variants=["float32", "bf16"])
+        with self.assertRaisesRegex(SystemExit, r"unknown variants \['fp8'\]"):
+            workload_runner.main(["--workloads=encode_tiny", "--variants=fp8"])
+        with self.assertRaisesRegex(ValueError, "must include 'float32'"):
+            benchmark.run_all(baseline=benchmark.this_tree(), baseline_variants=["defaults"])
+
+    def test_baseline_that_is_not_a_vim_tf_tree(self):
+        path = self.get_temp_dir()
+        with self.assertRaisesRegex(ValueError, re.escape(f"--baseline='{path}' is not a vim_tf")):
+            benchmark.run_all(workloads=["encode"], baseline=path)
+
+    def test_runner_refuses_a_tree_it_did_not_import_from(self):
+        other = self.get_temp_dir()
+        with self.assertRaisesRegex(SystemExit, re.escape(f"not from --tree={other}")):
+            workload_runner.main([f"--tree={other}", "--workloads=encode_tiny"])
 
 
 class SmokeRunTest(TestCase):
-    def test_quick_smoke_run_json(self):
-        report = benchmark.run_all(quick=True, smoke=True, groups=["stage1", "stage2", "flops"])
-        self.assertEqual(keras.config.dtype_policy().name, "float32")
+    """Every workload at minuscule sizes, this tree against itself as the baseline."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.report = benchmark.run_all(
+            smoke=True,
+            one_process=True,
+            variants=["float32", "defaults"],
+            baseline=benchmark.this_tree(),
+        )
+
+    def test_json_shape(self):
         path = os.path.join(self.get_temp_dir(), "bench.json")
-        model_dir.write_json(path, report)
-        loaded = json.load(open(path))
-        self.assertEqual(set(loaded), {"machine", "results", "flops"})
+        fs.write_json(path, self.report)
+        loaded = json.loads(fs.read_text(path))
+        self.assertEqual(set(loaded), {"machine", "trees", "plan", "rows"})
         self.assertEqual(loaded["machine"]["tensorflow"], tf.__version__)
-        rows = {r["name"]: r for r in loaded["results"]}
-        for row in loaded["results"]:
-            self.assertEqual(set(row), {"name", "value", "unit"})
-            self.assertTrue(np.isfinite(row["value"]) and row["value"] > 0, msg=row)
-        for stage, unit in (
-            ("stage1 train, tiny 16px patch 4 batch 4", "img/s"),
-            ("stage2 train, tiny prior seq 16 batch 2", "tokens/s"),
-        ):
-            for variant in ("float32", "float32, XLA", "mixed_bfloat16", "mixed_bfloat16, XLA"):
-                self.assertEqual(rows[f"{stage}, {variant}"]["unit"], unit)
-            self.assertEqual(rows[f"{stage}: mixed_bfloat16 / float32"]["unit"], "x")
-            self.assertEqual(rows[f"{stage}: XLA / no XLA (float32)"]["unit"], "x")
-        flops = loaded["flops"]
-        want = benchmark.stage1_flops(**benchmark._model_args(benchmark.SMOKE_STAGE1))
-        self.assertEqual(flops["train_step_flops"], want["train"] * 4)
-        self.assertGreater(flops["profiler_train_step_flops"], flops["train_step_flops"])
-        self.assertAllClose(
-            flops["achieved_gflops"],
-            flops["train_step_flops"] / flops["step_seconds"] / 1e9,
-        )
-        self.assertAllClose(
-            flops["fraction_of_matmul"],
-            flops["achieved_gflops"] / flops["matmul_256_float32_gflops"],
-        )
-        self.assertIn("dense matmul 256x256 float32", rows)
-        self.assertEqual(rows["dense matmul 256x256 float32"]["unit"], "GFLOP/s")
-        table = benchmark.table(loaded)
-        self.assertEqual(len(table.splitlines()), len(loaded["results"]) + 2)
+        self.assertEqual(loaded["machine"]["cpu_count"], os.cpu_count())
+        self.assertEqual([r["workload"] for r in loaded["rows"]], list(workload_runner.WORKLOADS))
+        for side in ("current", "baseline"):
+            tree = loaded["trees"][side]
+            self.assertEqual(tree["path"], benchmark.this_tree())
+            self.assertEqual(tree["api"], "new")
+            self.assertEqual(tree["defaults"]["policy"], precision.DEFAULT_POLICY)
+            self.assertEqual(tree["defaults"]["train_jit_compile"], trainer.DEFAULT_JIT_COMPILE)
+
+    def test_figures_and_ratios(self):
+        for row in self.report["rows"]:
+            kind, cfg = workload_runner.workload_config(row["workload"], smoke=True)
+            self.assertEqual(row["flops_per_call"], flops.workload_flops(kind, cfg))
+            self.assertEqual(set(row["current"]), {"float32", "defaults"})
+            self.assertEqual(set(row["baseline"]), {"float32"})
+            base = row["baseline"]["float32"]["throughput"]
+            count, _ = flops.workload_units(kind, cfg)
+            for variant, m in row["current"].items():
+                # One process for every workload: the largest repeat count of the kinds (quick).
+                self.assertLen(m["times"], benchmark.REPEATS["quick"]["other"])
+                self.assertEqual(m["seconds"], statistics.median(m["times"]))
+                self.assertAlmostEqual(m["throughput"], count / m["seconds"])
+                self.assertAlmostEqual(row["ratio_to_baseline"][variant], m["throughput"] / base)
+                self.assertAlmostEqual(
+                    m["fraction_of_peak"], m["achieved_gflops"] / m["peak_gflops"]
+                )
+            self.assertEqual(row["current"]["defaults"]["policy"], precision.DEFAULT_POLICY)
+
+    def test_table(self):
+        lines = benchmark.table(self.report).splitlines()
+        self.assertLen(lines, len(self.report["rows"]) + 2)
+        row = self.report["rows"][0]
+        cells = lines[2].split(" | ")
+        self.assertEqual(cells[1], benchmark.fmt(row["baseline"]["float32"]["throughput"]))
+        self.assertEqual(cells[6], f"{row['ratio_to_baseline']['defaults']:.2f}x")
+        self.assertLen(benchmark.peak_table(self.report).splitlines(), len(lines))

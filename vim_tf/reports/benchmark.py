@@ -43,7 +43,7 @@ GROUPS = {
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workload_runner.py")
 # Timed calls per variant per process, for a full run and a --quick one (sampling a whole
 # 1024-token batch takes seconds per call).
-REPEATS = {"full": {"sampling": 4, "other": 6}, "quick": {"sampling": 3, "other": 4}}
+REPEATS = {"full": {"sampling": 3, "other": 6}, "quick": {"sampling": 3, "other": 4}}
 ROUNDS = {"full": 2, "quick": 1}
 
 

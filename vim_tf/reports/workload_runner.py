@@ -13,9 +13,9 @@ are the trainable models themselves, `VIM.sample_tokens`). Nothing else from the
 this file runs against either. Shared defaults a tree lacks read as the old behaviour (float32,
 no XLA, a plain `tf.function` encode).
 
-Each job builds every requested variant of one workload, then times them in turns (A, B, A, B,
-...) together with a dense n x n matmul in each compute dtype the variants use (the peak the
-steps are compared with), after one warm-up call each. Variants:
+Each job builds every requested variant of one workload, calling each once (the warm-up: tracing
+and compiling), then times them in turns (A, B, A, B, ...) together with a dense n x n matmul in
+each compute dtype the variants use (the peak the steps are compared with). Variants:
 
 - float32: float32 policy, graph mode (`tf.function` without XLA);
 - float32_xla: float32 policy, `jit_compile=True`;
@@ -111,11 +111,13 @@ def timed(fn, repeats=5):
     return statistics.median(times)
 
 
-def timed_turns(fns, repeats=5):
+def timed_turns(fns, repeats=5, warmup=True):
     """Seconds of every call of each `fns[name]()`, the callables run in turns (A, B, A, B, ...)
-    after one warm-up call each -> dict name -> list of `repeats` seconds."""
-    for fn in fns.values():
-        fn()
+    after one warm-up call each (unless the caller made it) -> dict name -> list of `repeats`
+    seconds."""
+    if warmup:
+        for fn in fns.values():
+            fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -352,6 +354,7 @@ def matmul_fn(tf, n, dtype):
     a = tf.cast(tf.random.normal((n, n)), dtype)
     b = tf.cast(tf.random.normal((n, n)), dtype)
     fn = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
+    fn().numpy()  # traced
     return lambda: fn().numpy()
 
 
@@ -371,7 +374,8 @@ def run_job(api, workload, variants, repeats, smoke=False, matmul_n=2048):
         info[variant] = {"policy": policy, "compute_dtype": dtype, "jit": jit}
         if f"matmul_{dtype}" not in fns:
             fns[f"matmul_{dtype}"] = matmul_fn(api.tf, matmul_n, dtype)
-    times = timed_turns(fns, repeats)
+    # Every callable was called once when it was made (tracing, compiling): the warm-up.
+    times = timed_turns(fns, repeats, warmup=False)
     matmul = {}
     for name, ts in times.items():
         if name.startswith("matmul_"):
