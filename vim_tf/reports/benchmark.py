@@ -196,7 +196,7 @@ def describe(kind, cfg):
 
 
 class _Plan:
-    """How one run measures: repeats, rounds, sizes and the trees."""
+    """How one run measures: model sizes, rounds, timed calls per process, the peak matmul."""
 
     def __init__(self, quick, smoke, rounds, repeats, matmul_n, python):
         speed = "quick" if quick or smoke else "full"
@@ -284,7 +284,8 @@ def run_all(
       smoke: minuscule model sizes (tests: every code path in seconds; numbers meaningless).
       rounds, repeats: override the alternations A, B per workload and the timed calls per
         process.
-      one_process: one process per tree and round for all workloads (faster, less isolated).
+      one_process: one process per tree and round for all workloads (faster, less isolated;
+        each times the largest repeat count of its workloads).
       matmul_n: size of the peak matmul (default 2048; 128 with `smoke`).
       python: the interpreter of the runner processes (default: this one).
 
