@@ -180,7 +180,9 @@ class SmokeRunTest(TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
+        cls.saved = []
         cls.report = benchmark.run_all(
+            on_row=lambda report: cls.saved.append(len(report["rows"])),
             smoke=True,
             one_process=True,
             variants=["defaults"],
@@ -196,6 +198,7 @@ class SmokeRunTest(TestCase):
         self.assertEqual(loaded["machine"]["tensorflow"], tf.__version__)
         self.assertEqual(loaded["machine"]["cpu_count"], os.cpu_count())
         self.assertEqual([r["workload"] for r in loaded["rows"]], list(workload_runner.WORKLOADS))
+        self.assertEqual(self.saved, list(range(1, len(loaded["rows"]) + 1)))  # after each row
         for side in ("current", "baseline"):
             tree = loaded["trees"][side]
             self.assertEqual(tree["path"], benchmark.this_tree())

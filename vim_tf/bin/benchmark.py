@@ -57,6 +57,8 @@ def main(argv):
         quick=FLAGS.quick,
         rounds=FLAGS.rounds,
         repeats=FLAGS.repeats,
+        # The rows so far are saved as they come: a long run stopped early keeps them.
+        on_row=lambda report: fs.write_json(FLAGS.output, report),
     )
     machine = results["machine"]
     print(

@@ -273,6 +273,7 @@ def run_all(
     one_process=False,
     matmul_n=None,
     python=None,
+    on_row=None,
 ):
     """Measures `workloads` (workload or group names; default all) and prints each row.
 
@@ -288,6 +289,7 @@ def run_all(
         each times the largest repeat count of its workloads).
       matmul_n: size of the peak matmul (default 2048; 128 with `smoke`).
       python: the interpreter of the runner processes (default: this one).
+      on_row: called with the report so far after each row (e.g. to save a partial run).
 
     Returns:
       {"machine", "trees", "defaults", "rows": [{workload, kind, label, batch, unit,
@@ -320,6 +322,8 @@ def run_all(
             row = _row(w, plan, {side: jobs[side][w] for side in trees}, baseline)
             report["rows"].append(row)
             _print_row(row)
+            if on_row:
+                on_row(report)
     return report
 
 
