@@ -2,7 +2,8 @@
 
   vim-sample --model_dir=runs/demo/prior --output_dir=runs/demo/samples \
       --num_samples=100 [--class_ids=0,1] [--temperature=1.0] [--top_k=0] [--top_p=1.0] \
-      [--cfg_scale=1.0] [--seed=0] [--acceptance_rate=0.5 --classifier=runs/demo/classifier]
+      [--cfg_scale=1.0] [--seed=0] [--acceptance_rate=0.5 --classifier=runs/demo/classifier] \
+      [--nojit_compile]
 
 The `vim-sample` console script; also `python -m vim_tf.bin.sample` and `python tools/sample.py`.
 """
@@ -32,7 +33,12 @@ flags.DEFINE_string(
     None,
     "Scoring network for rejection sampling (classifier model dir or SavedModel dir).",
 )
-flags.DEFINE_bool("jit_compile", False, "XLA-compile the sampling loop (same samples).")
+flags.DEFINE_bool(
+    "jit_compile",
+    None,
+    "XLA-compile the sampling loop; default: on (vim_tf.sampling.settings.DEFAULT_JIT_COMPILE). "
+    "--nojit_compile runs it in graph mode: slower, the same samples.",
+)
 flags.mark_flags_as_required(["model_dir", "output_dir"])
 FLAGS = flags.FLAGS
 

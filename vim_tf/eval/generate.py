@@ -24,7 +24,7 @@ def generate(
     batch_size=100,
     acceptance_rate=1.0,
     classifier=None,
-    jit_compile=False,
+    jit_compile=None,
 ):
     """Samples from the prior in `model_dir`; writes samples.npz and grid.png to output_dir.
 
@@ -36,7 +36,7 @@ def generate(
         `classifier` keeps the best fraction per class (the achieved rate is logged and
         returned as `acceptance_rate` in the arrays dict, not saved in the npz).
       jit_compile: XLA-compile the sampling loop (the same tokens as without it: the sampler's
-        random numbers are counter-based).
+        random numbers are counter-based); None: `vim_tf.sampling.settings.DEFAULT_JIT_COMPILE`.
 
     Returns:
       {"images": uint8 [N, H, W, 3], "tokens": int32 [N, h, w], "class_ids" (conditional

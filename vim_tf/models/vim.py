@@ -183,15 +183,38 @@ class VIM(keras.Model):
 
     # ----------------------------------------------------------------- cached inference
     # One position at a time with a key/value cache: the primitives of the autoregressive loop
-    # in `vim_tf.sampling.decoding` (graph-mode, static shapes, XLA-compilable).
-    def init_cache(self, rows):
-        """An empty key/value cache for `rows` sequences: per block (keys, values), each
-        [N, rows, H, hd] in the compute dtype."""
-        shape = [self.seq_len, rows, self.num_heads, self.head_dim]
+    # in `vim_tf.sampling.decoding` (graph-mode, static shapes, XLA-compilable). The cache is
+    # batch-major, [rows, heads, positions, head_dim] per block, so attention reads it without
+    # transposes, and it is held in chunks of positions: the loop fills one chunk while the
+    # filled chunks before it (`past`) are read only, so each step attends over the filled
+    # prefix of the sequence instead of all of it.
+    def init_cache(self, rows, length=None):
+        """An empty cache chunk of `length` positions (default: the whole sequence) for `rows`
+        sequences: per block (keys, values), each [rows, H, length, hd] in the compute dtype."""
+        length = self.seq_len if length is None else length
+        shape = [rows, self.num_heads, length, self.head_dim]
         return [
             (tf.zeros(shape, self.compute_dtype), tf.zeros(shape, self.compute_dtype))
             for _ in range(self.num_layers)
         ]
+
+    @staticmethod
+    def join_cache(past, chunk):
+        """The cache of the positions of `past` (None: none), then those of `chunk`."""
+        if past is None:
+            return chunk
+        return [
+            (tf.concat([pk, ck], axis=2), tf.concat([pv, cv], axis=2))
+            for (pk, pv), (ck, cv) in zip(past, chunk)
+        ]
+
+    def position_embedding_at(self, pos):
+        """[D]: the positional embedding of raster position `pos` (int scalar), one row of
+        `positional_embedding()` read without building the table."""
+        pos = tf.cast(pos, tf.int32)
+        return tf.gather(self.row_embedding, pos // self.grid_size) + tf.gather(
+            self.col_embedding, pos % self.grid_size
+        )
 
     def first_input(self, class_ids):
         """Input at position 0 (class or start token, plus position 0's embedding).
@@ -199,51 +222,69 @@ class VIM(keras.Model):
         class_ids: int [B] -> [B, 1, D].
         """
         first = tf.gather(self.class_embedding, self.class_slots(class_ids))
-        return tf.cast((first + self.positional_embedding()[0][None])[:, None], self.compute_dtype)
+        return tf.cast((first + self.position_embedding_at(0)[None])[:, None], self.compute_dtype)
 
     def next_input(self, tokens_t, pos):
         """Input at position pos + 1: the embedding of token pos (int [B]) -> [B, 1, D]."""
         nxt = tf.minimum(pos + 1, self.seq_len - 1)
-        e = (
-            tf.gather(self.token_embedding, tokens_t)
-            + tf.gather(self.positional_embedding(), nxt)[None]
-        )
+        e = tf.gather(self.token_embedding, tokens_t) + self.position_embedding_at(nxt)[None]
         return tf.cast(e[:, None], self.compute_dtype)
 
-    def call_with_cache(self, x, pos, cache):
-        """Runs every block on the one position `pos` (x [B, 1, D], cache from `init_cache`).
+    def call_with_cache(self, x, pos, cache, start=0, past=None):
+        """Runs every block on the one position `pos`, attending over positions 0..pos.
+
+        Args:
+          x: [B, 1, D], the input at position `pos` (`first_input` / `next_input`).
+          pos: int32 scalar, in [start, start + the chunk's length).
+          cache: the chunk being filled (`init_cache`), holding positions from `start` on;
+            position `pos` is written into it.
+          start: Python int, the first position of `cache`.
+          past: None when start is 0, else the filled cache of positions [0, start) (the
+            chunks before, joined with `join_cache`); read only.
 
         Returns:
-          (logits [B, codebook_size] float32 predicting token pos, the updated cache).
+          (logits [B, codebook_size] float32 predicting token pos, the updated chunk).
         """
-        mask = tf.range(self.seq_len) <= pos
+        length = cache[0][0].shape[2]
+        # Keys of the chunk at positions after pos are not written yet.
+        mask = (start + tf.range(length)) <= pos
         new = []
         for i in range(self.num_layers):
-            x, ck, cv = self._block_step(i, x, pos, cache[i][0], cache[i][1], mask)
+            prev = None if past is None else past[i]
+            x, ck, cv = self._block_step(i, x, pos - start, cache[i], prev, mask)
             new.append((ck, cv))
         logits = tf.cast(self.head(self.ln_final(x))[:, 0], tf.float32)
         return logits, new
 
-    def _block_step(self, i, x, pos, cache_k, cache_v, mask):
+    def _block_step(self, i, x, index, chunk, past, mask):
         """One block on one new position with the key/value cache.
 
-        x [B, 1, D]; cache_k/v [N, B, H, hd] of this block; mask [N] bool (positions <= pos).
+        x [B, 1, D]; index: the position's index in the chunk; chunk: this block's (keys,
+        values) [B, H, n, hd] being filled; past: this block's filled (keys, values) of the
+        earlier positions [B, H, m, hd] or None; mask [n] bool (chunk positions <= pos).
         """
         block = self.transformer.block(i)
         attn = block.attn
         q, k, v = attn.split_heads(attn.project_qkv(block.ln_1(x)))  # each [B, H, 1, hd]
-        cache_k = tf.tensor_scatter_nd_update(cache_k, [[pos]], tf.transpose(k, (2, 0, 1, 3)))
-        cache_v = tf.tensor_scatter_nd_update(cache_v, [[pos]], tf.transpose(v, (2, 0, 1, 3)))
-        scale = 1.0 / np.sqrt(self.head_dim)
-        logits = tf.einsum(
-            "bhd,nbhd->bhn", tf.cast(q[:, :, 0] * scale, tf.float32), tf.cast(cache_k, tf.float32)
-        )
-        logits = tf.where(mask[None, None, :], logits, _MASKED)
-        probs = tf.cast(tf.nn.softmax(logits, axis=-1), cache_v.dtype)
-        heads = tf.einsum("bhn,nbhd->bhd", probs, cache_v)[:, :, None]
+        # In place under XLA (a dynamic-update-slice of the loop-carried chunk).
+        at = [0, 0, index, 0]
+        keys, values = ops.slice_update(chunk[0], at, k), ops.slice_update(chunk[1], at, v)
+        q = q * tf.cast(1.0 / np.sqrt(self.head_dim), q.dtype)
+        # Logits [B, H, 1, m + n] in float32 (as `vim_tf.models.vit.Attention.attend`).
+        logits = tf.cast(tf.matmul(q, keys, transpose_b=True), tf.float32)
+        logits = tf.where(mask, logits, _MASKED)
+        if past is not None:
+            past_logits = tf.cast(tf.matmul(q, past[0], transpose_b=True), tf.float32)
+            logits = tf.concat([past_logits, logits], axis=-1)
+        probs = tf.cast(tf.nn.softmax(logits, axis=-1), values.dtype)
+        if past is None:
+            heads = tf.matmul(probs, values)
+        else:
+            m = past[0].shape[2]
+            heads = tf.matmul(probs[..., :m], past[1]) + tf.matmul(probs[..., m:], values)
         x = x + attn.project_out(heads)
         x = x + block.mlp(block.ln_2(x))
-        return x, cache_k, cache_v
+        return x, keys, values
 
     def get_config(self):
         config = super().get_config()

@@ -45,8 +45,32 @@ def choose(logits, settings, seed, position, guided):
     return logits_lib.draw(logits, seed, position)
 
 
+def chunk_bounds(steps, num_chunks):
+    """[(start, end)]: positions [0, steps) in `num_chunks` consecutive chunks of nearly equal
+    length (fewer when steps < num_chunks)."""
+    num_chunks = max(1, min(int(num_chunks), steps))
+    edges = [round(steps * c / num_chunks) for c in range(num_chunks + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def default_chunks(seq_len):
+    """How many cache chunks the cached loop uses for a sequence of `seq_len` positions."""
+    return max(1, min(DEFAULT_CHUNK_LIMIT, seq_len // DEFAULT_CHUNK_LENGTH))
+
+
+DEFAULT_CHUNK_LENGTH = 64
+DEFAULT_CHUNK_LIMIT = 8
+
+
 def sample_tokens(
-    prior, class_ids, seed, settings=None, guided=None, use_cache=True, num_steps=None
+    prior,
+    class_ids,
+    seed,
+    settings=None,
+    guided=None,
+    use_cache=True,
+    num_steps=None,
+    num_chunks=None,
 ):
     """Autoregressive sampling from a VIM prior network (call inside tf.function).
 
@@ -56,11 +80,14 @@ def sample_tokens(
       seed: int scalar (tensor allowed), the draw seed; the same seed and settings give the
         same tokens, with or without the cache and XLA.
       settings: `SamplingSettings` (default: the paper's) or `SettingTensors` (one graph for
-        every setting).
+        every setting); the logit filters that are off in Python values are not traced.
       guided: Python bool, classifier-free guidance (doubles the batch); default
         `settings.guided` (required with `SettingTensors`).
       use_cache: Python bool; False recomputes the whole prefix at every step (reference).
       num_steps: Python int, stop after this many positions (benchmarks; default: all).
+      num_chunks: Python int, the cached loop's chunks of positions (default:
+        `default_chunks(seq_len)`): the positions of chunk c attend over the cache of
+        positions up to the end of chunk c only. Any count gives the same tokens.
 
     Returns:
       int32 [B, grid_size, grid_size].
@@ -77,36 +104,48 @@ def sample_tokens(
     def choose_at(logits, pos):
         return choose(logits, settings, seed, pos, guided)
 
-    loop = _cached_loop if use_cache else _recomputing_loop
-    tokens = loop(prior, classes, batch, steps, guided, choose_at)
+    if use_cache:
+        chunks = chunk_bounds(steps, num_chunks or default_chunks(prior.seq_len))
+        tokens = _cached_loop(prior, classes, batch, chunks, guided, choose_at)
+    else:
+        tokens = _recomputing_loop(prior, classes, batch, steps, guided, choose_at)
     return tf.reshape(tokens, [batch, prior.grid_size, prior.grid_size])
+
+
+def _cached_loop(prior, classes, batch, chunks, guided, choose_at):
+    """The positions of `chunks` with the key/value cache -> tokens int32 [B, N].
+
+    One `tf.while_loop` per chunk; chunk c's steps attend over the filled chunks before it
+    (read only) and its own chunk (written in place), so a step's attention costs the length of
+    the prefix up to the end of its chunk, not of the whole sequence.
+    """
+    # Position-major while sampling: each step writes one contiguous row.
+    tokens = tf.zeros([prior.seq_len, batch], tf.int32)
+    rows = tf.shape(classes)[0]
+    x = prior.first_input(classes)
+    past = None
+    for start, end in chunks:
+
+        def body(pos, x, tokens, cache, start=start, past=past):
+            logits, cache = prior.call_with_cache(x, pos, cache, start, past)
+            t = choose_at(logits, pos)
+            t_rows = tf.concat([t, t], 0) if guided else t
+            nxt = tf.ensure_shape(prior.next_input(t_rows, pos), x.shape)
+            return pos + 1, nxt, tf.tensor_scatter_nd_update(tokens, [[pos]], t[None]), cache
+
+        _, x, tokens, cache = tf.while_loop(
+            lambda pos, *_, end=end: pos < end,
+            body,
+            (tf.constant(start), x, tokens, prior.init_cache(rows, end - start)),
+            maximum_iterations=end - start,
+        )
+        past = prior.join_cache(past, cache)
+    return tf.transpose(tokens)
 
 
 def _put(tokens, pos, t):
     """tokens [B, N] with column pos set to t [B]."""
     return tf.transpose(tf.tensor_scatter_nd_update(tf.transpose(tokens), [[pos]], t[None]))
-
-
-def _cached_loop(prior, classes, batch, steps, guided, choose_at):
-    """`steps` positions with the key/value cache -> tokens int32 [B, N]."""
-    tokens = tf.zeros([batch, prior.seq_len], tf.int32)
-    cache = prior.init_cache(tf.shape(classes)[0])
-    x0 = prior.first_input(classes)
-
-    def body(pos, x, tokens, cache):
-        logits, cache = prior.call_with_cache(x, pos, cache)
-        t = choose_at(logits, pos)
-        t_rows = tf.concat([t, t], 0) if guided else t
-        nxt = tf.ensure_shape(prior.next_input(t_rows, pos), x.shape)
-        return pos + 1, nxt, _put(tokens, pos, t), cache
-
-    _, _, tokens, _ = tf.while_loop(
-        lambda pos, *_: pos < steps,
-        body,
-        (tf.constant(0), x0, tokens, cache),
-        maximum_iterations=steps,
-    )
-    return tokens
 
 
 def _recomputing_loop(prior, classes, batch, steps, guided, choose_at):

@@ -5,6 +5,7 @@ Every function takes tensors for its knobs (so one traced graph serves any setti
 static shapes (XLA-compilable).
 """
 
+import numpy as np
 import tensorflow as tf
 
 NEG_INF = -1e9
@@ -37,9 +38,34 @@ def apply_top_p(logits, p):
 
 
 def process_logits(logits, temperature, top_k, top_p):
-    """Temperature, then top-k, then top-p. logits [B, K] -> [B, K] float32."""
-    logits = tf.cast(logits, tf.float32) / tf.cast(temperature, tf.float32)
-    return apply_top_p(apply_top_k(logits, top_k), top_p)
+    """Temperature, then top-k, then top-p. logits [B, K] -> [B, K] float32.
+
+    A knob known when tracing (a Python number or a constant) that is off (temperature 1,
+    top_k 0, top_p 1) adds nothing to the graph; a top-k or top-p tensor runs its filter under
+    a `tf.cond`, so only the filters that are on cost a sort.
+    """
+    logits = tf.cast(logits, tf.float32)
+    if _static(temperature) != 1:
+        logits = logits / tf.cast(temperature, tf.float32)
+    logits = _filter(logits, top_k, 0, lambda x: apply_top_k(x, top_k))
+    return _filter(logits, top_p, 1, lambda x: apply_top_p(x, top_p))
+
+
+def _static(value):
+    """The value of a Python number or a constant tensor; None when known only at run time."""
+    if isinstance(value, (int, float, np.number)):
+        return value
+    static = tf.get_static_value(value)
+    return None if static is None else static.item()
+
+
+def _filter(logits, knob, off, apply):
+    """apply(logits) unless `knob` is `off`: decided when tracing if the knob is known then,
+    else at run time by a `tf.cond`."""
+    value = _static(knob)
+    if value is None:
+        return tf.cond(tf.not_equal(knob, off), lambda: apply(logits), lambda: logits)
+    return logits if value == off else apply(logits)
 
 
 def guide(cond_logits, uncond_logits, scale):

@@ -12,6 +12,7 @@ import tensorflow as tf
 from absl import logging
 
 from vim_tf.sampling import decoding, seeds
+from vim_tf.sampling import settings as settings_lib
 from vim_tf.sampling.settings import SamplingSettings
 
 
@@ -113,22 +114,25 @@ class Sampler(BatchSampler):
       prior: a built `vim_tf.models.vim.VIM` network.
       tokenizer: has `decode(tokens [B, h, w]) -> images [B, H, W, 3] in [0, 1]` (the prior's
         stage-1 ViT-VQGAN).
-      jit_compile: XLA-compile the sampling loop (the same tokens as without it).
+      jit_compile: XLA-compile the sampling loop and the decoding (the same tokens as without
+        it); None: `vim_tf.sampling.settings.DEFAULT_JIT_COMPILE`.
       use_cache: the key/value cache (False: recompute the prefix at every step; reference).
       class_dropout: the prior's training class dropout (guidance needs it > 0).
     """
 
-    def __init__(self, prior, tokenizer, jit_compile=False, use_cache=True, class_dropout=0.0):
+    def __init__(self, prior, tokenizer, jit_compile=None, use_cache=True, class_dropout=0.0):
         self.prior = prior
         self.tokenizer = tokenizer
-        self.jit_compile = jit_compile
+        if jit_compile is None:
+            jit_compile = settings_lib.DEFAULT_JIT_COMPILE
+        self.jit_compile = bool(jit_compile)
         self.use_cache = use_cache
         self.class_dropout = class_dropout
         self.num_classes = prior.num_classes
         self._fns = {}
 
     @classmethod
-    def of_trained_prior(cls, trained, jit_compile=False, use_cache=True):
+    def of_trained_prior(cls, trained, jit_compile=None, use_cache=True):
         """The sampler of a `vim_tf.models.loading.TrainedPrior` (network, tokenizer and the
         class dropout it was trained with)."""
         return cls(
@@ -152,6 +156,6 @@ class Sampler(BatchSampler):
 
     def draw_batch(self, class_ids, seed, batch_index, settings):
         tokens, images = self._fn(settings.guided)(
-            tf.constant(class_ids), seeds.batch_seed(seed, batch_index), settings.tensors()
+            tf.constant(class_ids), seeds.batch_seed(seed, batch_index), settings.traced()
         )
         return tokens.numpy(), images.numpy()

@@ -8,8 +8,8 @@ import tensorflow as tf
 # The settings' names, in the order of `SamplingSettings` and of the `generate` signature.
 KEYS = ("temperature", "top_k", "top_p", "cfg_scale")
 # Whether the sampling loop is XLA-compiled when the caller does not say (tools, evaluation,
-# the main job and `Sampler` read this one value).
-DEFAULT_JIT_COMPILE = False
+# the main job and `Sampler` read this one value). XLA draws the same tokens as graph mode.
+DEFAULT_JIT_COMPILE = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +65,23 @@ class SamplingSettings:
             tf.constant(self.cfg_scale, tf.float32),
         )
 
+    def traced(self):
+        """`tensors()` with the knobs that are off (temperature 1, top_k 0, top_p 1, cfg_scale 1)
+        as Python numbers: a traced sampler skips those filters, and one trace serves every
+        setting with the same filters on."""
+        off = dataclasses.asdict(SamplingSettings())
+        return SettingTensors(
+            *(
+                off[k] if getattr(self, k) == off[k] else value
+                for k, value in zip(KEYS, self.tensors())
+            )
+        )
+
 
 class SettingTensors(NamedTuple):
     """The fields of `SamplingSettings` as scalar tensors, unchecked (inside a traced graph,
-    e.g. a serving signature that checks them in-graph itself)."""
+    e.g. a serving signature that checks them in-graph itself); a field may also be a Python
+    number (`SamplingSettings.traced`)."""
 
     temperature: tf.Tensor
     top_k: tf.Tensor
