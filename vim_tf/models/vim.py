@@ -16,8 +16,8 @@ import tensorflow as tf
 from keras import ops
 
 from vim_tf.config import checks
-from vim_tf.models import randomness
-from vim_tf.models.vit import TransformerStack
+from vim_tf.models import matmuls, randomness
+from vim_tf.models.vit import LayerNorm, TransformerStack
 
 
 def tokens_from_batch(batch, tokenizer, seq_len):
@@ -100,10 +100,10 @@ class VIM(keras.Model):
         self.transformer = TransformerStack(
             num_layers, num_heads, mlp_dim, dropout, causal=True, name="transformer"
         )
-        self.ln_final = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_final")
+        self.ln_final = LayerNorm(epsilon=1e-6, name="ln_final")
         # Output head in float32 under mixed precision: logits over the whole codebook feed the
         # softmax cross-entropy and sampling (its input is cast up to float32).
-        self.head = keras.layers.Dense(codebook_size, name="head", dtype="float32")
+        self.head = matmuls.Dense(codebook_size, full_precision=True, name="head", dtype="float32")
         self.embed_dropout = randomness.ReplicaDropout(dropout)
 
     @property

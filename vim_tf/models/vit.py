@@ -5,11 +5,14 @@ keeps lists in containers that `tf.train.Checkpoint` does not follow, so a list 
 silently drop out of checkpoints.
 """
 
+import math
+
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
-from vim_tf.models import randomness
+from vim_tf.models import matmuls, randomness
 
 
 def sincos_2d_posemb(height, width, dim, temperature=10000.0):
@@ -48,6 +51,88 @@ def unpatchify(tokens, grid_size, patch_size, channels):
     x = ops.reshape(tokens, (-1, grid_size, grid_size, p, p, channels))
     x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
     return ops.reshape(x, (-1, grid_size * p, grid_size * p, channels))
+
+
+# GELU's tanh form 0.5 x (1 + tanh(z)), z = sqrt(2/pi) (x + 0.044715 x^3), equals
+# x * sigmoid(2 z): 2 z = x (_GELU_A + _GELU_B x^2).
+_GELU_A = math.sqrt(8.0 / math.pi)
+_GELU_B = _GELU_A * 0.044715
+
+
+@tf.custom_gradient
+def gelu(x):
+    """GELU, tanh form (as ViT's reference code), with a hand-written gradient.
+
+    The same function as `ops.gelu(x, approximate=True)`, written as x * sigmoid(2 z) and with
+    its derivative s + x s (1 - s) dz2/dx (s the sigmoid): about half the elementwise passes of
+    the automatic gradient of the tanh form, which matters where ops are not fused (CPU graphs).
+
+    Args:
+      x: float tensor of any shape.
+
+    Returns:
+      GELU(x), same shape and dtype.
+    """
+    x2 = ops.square(x)
+    s = ops.sigmoid(x * (_GELU_A + _GELU_B * x2))
+
+    def grad(upstream):
+        slope = s + x * s * (1.0 - s) * (_GELU_A + (3.0 * _GELU_B) * x2)
+        return upstream * slope
+
+    return x * s, grad
+
+
+def _layer_norm(x, gamma, beta, epsilon):
+    """Layer normalization over the last axis with a hand-written gradient (all float32).
+
+    Args:
+      x: [..., D] float32; gamma, beta: [D] float32.
+
+    Returns:
+      (x - mean) / sqrt(var + epsilon) * gamma + beta, [..., D].
+    """
+
+    @tf.custom_gradient
+    def norm(x, gamma, beta):
+        mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+        rstd = tf.math.rsqrt(var + epsilon)
+        xhat = (x - mean) * rstd
+
+        def grad(upstream):
+            outer = tf.range(tf.rank(upstream) - 1)
+            d_beta = tf.reduce_sum(upstream, axis=outer)
+            d_gamma = tf.reduce_sum(upstream * xhat, axis=outer)
+            g = upstream * gamma
+            d_x = rstd * (
+                g
+                - tf.reduce_mean(g, axis=-1, keepdims=True)
+                - xhat * tf.reduce_mean(g * xhat, axis=-1, keepdims=True)
+            )
+            return d_x, d_gamma, d_beta
+
+        return xhat * gamma + beta, grad
+
+    return norm(x, gamma, beta)
+
+
+@keras.saving.register_keras_serializable(package="vim_tf")
+class LayerNorm(keras.layers.LayerNormalization):
+    """`keras.layers.LayerNormalization` over the last axis (with scale and center), computed in
+    float32 with a hand-written gradient: fewer elementwise passes than the automatic one.
+
+    Same variables (gamma, beta) and config as the Keras layer, so checkpoints are shared.
+
+    Call: `x: [..., D] -> [..., D]` in x's dtype.
+    """
+
+    def call(self, inputs):
+        if tuple(self.axis) not in ((-1,), (len(inputs.shape) - 1,)):
+            return super().call(inputs)
+        x = ops.cast(inputs, "float32")
+        gamma = ops.cast(ops.convert_to_tensor(self.gamma), "float32")
+        beta = ops.cast(ops.convert_to_tensor(self.beta), "float32")
+        return ops.cast(_layer_norm(x, gamma, beta, self.epsilon), inputs.dtype)
 
 
 @keras.saving.register_keras_serializable(package="vim_tf")
@@ -92,25 +177,25 @@ class Attention(keras.layers.Layer):
         )
 
     def project_qkv(self, x):
-        return ops.matmul(x, self.qkv_kernel) + self.qkv_bias
+        return matmuls.matmul(x, self.qkv_kernel) + self.qkv_bias
 
     def project_out(self, heads):
         """[B, heads, N, head_dim] -> [B, N, D]."""
         n = ops.shape(heads)[2]
         x = ops.reshape(ops.transpose(heads, (0, 2, 1, 3)), (-1, n, self.num_heads * self.head_dim))
-        return ops.matmul(x, self.out_kernel) + self.out_bias
+        return matmuls.matmul(x, self.out_kernel) + self.out_bias
 
     def attend(self, q, k, v, mask=None, training=None):
         """Scaled dot-product attention; `mask` broadcasts to [B, heads, Nq, Nk], True = keep."""
         scale = 1.0 / np.sqrt(self.head_dim)
-        logits = ops.einsum("bhqd,bhkd->bhqk", q * ops.cast(scale, q.dtype), k)
+        logits = matmuls.einsum("bhqd,bhkd->bhqk", q * ops.cast(scale, q.dtype), k)
         # Softmax in float32 even under mixed precision: large logits overflow float16.
         logits = ops.cast(logits, "float32")
         if mask is not None:
             logits = ops.where(mask, logits, ops.cast(-1e9, "float32"))
         probs = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
         probs = self.attn_dropout(probs, training=training)
-        return ops.einsum("bhqk,bhkd->bhqd", probs, v)
+        return matmuls.einsum("bhqk,bhkd->bhqd", probs, v)
 
     def call(self, x, training=None):
         q, k, v = self.split_heads(self.project_qkv(x))
@@ -142,10 +227,10 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_dim = mlp_dim
         self.dropout = dropout
         self.causal = causal
-        self.ln_1 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_1")
+        self.ln_1 = LayerNorm(epsilon=1e-6, name="ln_1")
         self.attn = Attention(num_heads, dropout=dropout, causal=causal, name="attn")
-        self.ln_2 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_2")
-        self.mlp_in = keras.layers.Dense(mlp_dim, name="mlp_in")
+        self.ln_2 = LayerNorm(epsilon=1e-6, name="ln_2")
+        self.mlp_in = matmuls.Dense(mlp_dim, name="mlp_in")
         self.mlp_out = None  # built once the width is known
         self.drop = randomness.ReplicaDropout(dropout)
 
@@ -155,11 +240,11 @@ class TransformerBlock(keras.layers.Layer):
         self.attn.build(input_shape)
         self.ln_2.build(input_shape)
         self.mlp_in.build(input_shape)
-        self.mlp_out = keras.layers.Dense(dim, name="mlp_out")
+        self.mlp_out = matmuls.Dense(dim, name="mlp_out")
         self.mlp_out.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
 
     def mlp(self, x, training=None):
-        h = ops.gelu(self.mlp_in(x), approximate=True)
+        h = gelu(self.mlp_in(x))
         h = self.drop(h, training=training)
         return self.mlp_out(h)
 
@@ -262,8 +347,8 @@ class _ViTStack(keras.layers.Layer):
         self.transformer = TransformerStack(
             num_layers, num_heads, mlp_dim, dropout, name="transformer"
         )
-        self.ln_out = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_out")
-        self.ffn_in = keras.layers.Dense(mlp_dim, name="ffn_in")
+        self.ln_out = LayerNorm(epsilon=1e-6, name="ln_out")
+        self.ffn_in = matmuls.Dense(mlp_dim, name="ffn_in")
         self.posemb = sincos_2d_posemb(self.grid_size, self.grid_size, hidden_dim)
 
     def get_config(self):
@@ -315,8 +400,8 @@ class ViTEncoder(_ViTStack):
         super().__init__(
             image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim, dropout, **kwargs
         )
-        self.patch_embed = keras.layers.Dense(hidden_dim, name="patch_embed")
-        self.ffn_out = keras.layers.Dense(hidden_dim, name="ffn_out")
+        self.patch_embed = matmuls.Dense(hidden_dim, name="patch_embed")
+        self.ffn_out = matmuls.Dense(hidden_dim, name="ffn_out")
 
     def build(self, input_shape):
         n = self.grid_size**2
@@ -362,8 +447,8 @@ class ViTDecoder(_ViTStack):
         )
         self.out_channels = out_channels
         # Output head in float32 under mixed precision (the logit-laplace location/log-scale).
-        self.to_pixels = keras.layers.Dense(
-            patch_size**2 * out_channels, name="to_pixels", dtype="float32"
+        self.to_pixels = matmuls.Dense(
+            patch_size**2 * out_channels, full_precision=True, name="to_pixels", dtype="float32"
         )
 
     def build(self, input_shape):

@@ -12,6 +12,7 @@ from keras import ops
 
 from vim_tf.config import checks
 from vim_tf.losses import reconstruction
+from vim_tf.models import matmuls
 from vim_tf.models import quantizer as quantizer_lib
 from vim_tf.models.vit import ViTDecoder, ViTEncoder
 
@@ -194,7 +195,22 @@ class ViTVQGAN(keras.Model):
         return config
 
 
-def compiled_encode(network):
+def compiled_encode(network, matmul_dtype=None):
     """The compiled `network.encode` (images [B, H, W, 3] in [0, 1] -> int32 tokens [B, h, w]) that
-    the encode tool, the evaluator and the benchmark run."""
-    return tf.function(network.encode)
+    the encode tool, the evaluator and the benchmark run.
+
+    Args:
+      network: a built `ViTVQGAN`.
+      matmul_dtype: the encoder's matmul dtype (`vim_tf.models.matmuls`); default: the
+        machine's native one (bfloat16 products where the hardware has them). The code choice
+        itself (projection, similarities, argmax) is float32 either way.
+    """
+    dtype = matmul_dtype or matmuls.native_matmul_dtype()[0]
+    encode = tf.function(network.encode)
+
+    def run(images):
+        # The setting is read while the function is traced (on its first call per shape).
+        with matmuls.use_matmul_dtype(dtype):
+            return encode(images)
+
+    return run

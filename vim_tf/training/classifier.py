@@ -53,7 +53,8 @@ class ClassifierTraining(TrainingProcedure):
             seed=randomness.replica_seed(self.shift_seed),
         )
 
-    def train_step(self, data):
+    def train_step(self, data, summarize=True):
+        """One step; `summarize`: also track the accuracy (on the last step of each loop)."""
         images = self.augment(data["image"])
         labels = tf.cast(data["label"], tf.int32)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -62,10 +63,12 @@ class ClassifierTraining(TrainingProcedure):
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
             scaled = self.optimizer.scale_loss(loss / replicas)
         ok = self.minimize(tape, scaled, loss)
-        acc = tf.reduce_mean(
-            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
-        )
-        self.track(ok, loss=loss, accuracy=acc)
+        self.track(ok, loss=loss)
+        if summarize:
+            acc = tf.reduce_mean(
+                tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+            )
+            self.track(ok, accuracy=acc)
         return {m.name: m.result() for m in self.metrics}
 
     def model_info(self):

@@ -104,11 +104,14 @@ class PriorTraining(TrainingProcedure):
         resumed run draws what an uninterrupted one would)."""
         return dict(super().checkpoint_items(), class_dropout_seed=self.class_dropout_seed.state)
 
-    def nll(self, tokens, class_ids, training=False):
-        """Mean next-token cross-entropy in nats, and the argmax accuracy."""
+    def nll(self, tokens, class_ids, training=False, accuracy=True):
+        """Mean next-token cross-entropy in nats, and the argmax accuracy (None when
+        `accuracy` is False)."""
         logits = self.network(tokens, class_ids, training=training)
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens, logits=logits)
-        acc = ops.mean(ops.cast(ops.equal(ops.argmax(logits, -1), tokens), "float32"))
+        acc = None
+        if accuracy:
+            acc = ops.mean(ops.cast(ops.equal(ops.argmax(logits, -1), tokens), "float32"))
         return ops.mean(ce), acc
 
     def tokenize(self, data):
@@ -123,7 +126,9 @@ class PriorTraining(TrainingProcedure):
         drop = randomness.uniform(self.class_dropout_seed, tf.shape(class_ids)) < self.class_dropout
         return tf.where(drop, self.network.null_class, class_ids)
 
-    def train_step(self, data):
+    def train_step(self, data, summarize=True):
+        """One step on `data` ({'tokens' or 'image', 'label'}); `summarize`: also track the
+        accuracy (the trainer asks for it on the last step of each loop only)."""
         tokens = self.tokenize(data)
         class_ids = ops.cast(
             data.get("label", ops.zeros((ops.shape(tokens)[0],), "int32")), "int32"
@@ -131,10 +136,12 @@ class PriorTraining(TrainingProcedure):
         class_ids = self.drop_classes(class_ids)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            loss, acc = self.nll(tokens, class_ids, training=True)
+            loss, acc = self.nll(tokens, class_ids, training=True, accuracy=summarize)
             scaled = self.optimizer.scale_loss(loss / replicas)
         ok = self.minimize(tape, scaled, loss)
-        self.track(ok, loss=loss, bits_per_token=loss / math.log(2.0), accuracy=acc)
+        self.track(ok, loss=loss, bits_per_token=loss / math.log(2.0))
+        if summarize:
+            self.track(ok, accuracy=acc)
         return {m.name: m.result() for m in self.metrics}
 
     def summary_images(self, batch, per_class=4):

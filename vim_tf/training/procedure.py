@@ -108,6 +108,16 @@ class TrainingProcedure(keras.Model):
         from which `vim_tf.models.loading` rebuilds the network)."""
         return self.network.get_config()
 
+    def train_step(self, data, summarize=True):
+        """One training step on a batch; returns {tracker name: mean so far}.
+
+        `summarize=False` leaves out the trackers that cost extra work and only logs read
+        (PSNR, code statistics, accuracies): the trainer runs the steps of a loop without them
+        and the loop's last step with them, so those logged means average one step per loop.
+        Loss terms are tracked on every step. Keras `fit` calls `train_step(data)`.
+        """
+        raise NotImplementedError
+
     def call(self, *args, **kwargs):
         """The network's forward pass."""
         return self.network(*args, **kwargs)

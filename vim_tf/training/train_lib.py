@@ -3,7 +3,6 @@
 import inspect
 
 import gin
-import keras
 from absl import logging
 
 from vim_tf.config import gin_utils
@@ -33,7 +32,7 @@ def run(model_dir, gin_files=(), gin_bindings=(), strategy="default", tpu=None, 
     # Before the strategy and the model exist: layers take the global dtype policy when created.
     # The previous policy comes back afterwards (the returned model keeps its layers' policies),
     # so evaluation in the same process (the main job) runs in float32.
-    previous = keras.config.dtype_policy()
+    previous = precision.snapshot()
     precision.set_precision()
     try:
         strat = distribute.get_strategy(strategy, tpu)
@@ -52,7 +51,7 @@ def run(model_dir, gin_files=(), gin_bindings=(), strategy="default", tpu=None, 
         _check_config(strat, quantizer_dir)
         return trainer.train(model_dir, strategy=strat, model_kwargs=model_kwargs)
     finally:
-        keras.config.set_dtype_policy(previous)
+        precision.restore(previous)
 
 
 def _check_same_quantizer(model_dir, quantizer_dir):

@@ -9,6 +9,7 @@ the operative config, preemption, logging, image summaries, checkpoints.
 Rerunning the same command resumes from the newest checkpoint in the model dir.
 """
 
+import functools
 import os
 import shutil
 
@@ -245,18 +246,34 @@ class Trainer:
         )
 
     def _make_loop(self):
-        """A tf.function running `num_steps` train steps (no host read inside)."""
-        step_fn = self.model.train_step
-        if uses_xla(self.jit_compile, self.model):
-            step_fn = tf.function(step_fn, jit_compile=True)
-        strategy = self.strategy
+        return make_train_loop(self.model, self.strategy, self.jit_compile)
 
-        @tf.function
-        def loop(it, num_steps):
-            for _ in tf.range(num_steps):
-                strategy.run(step_fn, args=(next(it),))
 
-        return loop
+def make_train_loop(model, strategy, jit_compile=DEFAULT_JIT_COMPILE):
+    """A tf.function `loop(iterator, num_steps)` running `num_steps` >= 1 train steps of `model`
+    (no host read inside): all but the last without the log-only statistics
+    (`train_step(..., summarize=False)`), the last with them.
+
+    Args:
+      model: a `TrainingProcedure`, in its current phase.
+      strategy: the tf.distribute strategy the model was built in.
+      jit_compile: a JIT_MODES value (XLA-compile each step, see `train`).
+    """
+    xla = uses_xla(jit_compile, model)
+
+    def compiled(summarize):
+        fn = functools.partial(model.train_step, summarize=summarize)
+        return tf.function(fn, jit_compile=True) if xla else fn
+
+    quiet_step, summary_step = compiled(False), compiled(True)
+
+    @tf.function
+    def loop(it, num_steps):
+        for _ in tf.range(num_steps - 1):
+            strategy.run(quiet_step, args=(next(it),))
+        strategy.run(summary_step, args=(next(it),))
+
+    return loop
 
 
 def _check_train_args(steps_per_loop, jit_compile, nonfinite, **positive_ints):

@@ -234,7 +234,17 @@ class VQGANTraining(TrainingProcedure):
             loss += self.adversarial_weight * terms["generator_adversarial"]
         return loss, terms
 
-    def train_step(self, data):
+    def train_step(self, data, summarize=True):
+        """One generator step (and discriminator step once it started).
+
+        Args:
+          data: a batch, {'image': [B, H, W, 3] float in [0, 1], ...}.
+          summarize: also track the statistics only logs need (PSNR, the batch's code usage
+            and perplexity); the trainer asks for them on the last step of each loop only.
+
+        Returns:
+          {tracker name: mean so far}.
+        """
         images = data["image"]
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         adversarial_active = self.adversarial_active
@@ -255,14 +265,15 @@ class VQGANTraining(TrainingProcedure):
             )
             self.track(ok, restarted_codes=tf.cast(restarted, tf.float32))
         rec = out["reconstruction"]
-        self._track_codes(ok, out["counts"])
+        if summarize:
+            self._track_codes(ok, out["counts"])
+            self.track(ok, psnr=ops.mean(image_utils.psnr(images, rec)))
         self.track(
             ok,
             loss=loss,
             vq=out["vq_loss"],
             codebook_loss=out["codebook_loss"],
             commitment_loss=out["commitment_loss"],
-            psnr=ops.mean(image_utils.psnr(images, rec)),
             **terms,
         )
         if adversarial_active:
