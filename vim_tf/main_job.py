@@ -63,11 +63,13 @@ class _Pipeline:
         self.token_dir = fs.join(self.out, "tokens")
         self.samples_dir = fs.join(self.out, "samples")
 
-    def stage(self, label, tool, flags, fn):
-        """Prints the command that does what `fn()` does (`vim-<tool> flags`), runs `fn()` in a
-        fresh gin and Keras state and records its seconds under `label`."""
-        command = shlex.join([f"vim-{tool.replace('_', '-')}", *flags])
-        print(f"\n$ {command}", flush=True)
+    def stage(self, label, tool, flags, fn, more_flags=()):
+        """Prints the command that does what `fn()` does (`vim-<tool> flags`; one per entry of
+        `more_flags` too when `fn` does the work of several), runs `fn()` in a fresh gin and
+        Keras state and records its seconds under `label`."""
+        commands = [shlex.join([f"vim-{tool.replace('_', '-')}", *f]) for f in (flags, *more_flags)]
+        command = " && ".join(commands)
+        print("".join(f"\n$ {c}" for c in commands), flush=True)
         _fresh_start()
         start = time.time()
         try:
@@ -97,37 +99,63 @@ class _Pipeline:
             lambda: train_lib.run(model_dir, [gin_file], bindings, quantizer_dir=quantizer_dir),
         )
 
-    def evaluate(self, label, model_dir, output, classifier=None, prior_scores=None, **sampling):
+    def evaluate(self, label, model_dir, output, classifier=None):
         """Scores `model_dir` into `output` unless that is newer than its newest checkpoint;
-        returns the metrics.
-
-        Args:
-          prior_scores: for a prior, {acceptance_rate, fid_floor_split} (optional keys); its
-            samples are NUM_SCORED_SAMPLES drawn with the settings `sampling` (cfg_scale).
-        """
+        returns the metrics."""
         from vim_tf.eval import evaluator
 
         if _fresh(output, model_dir):
             return fs.read_json(output)
         flags = [f"--model_dir={model_dir}", f"--output={output}"]
         flags += [f"--classifier={classifier}"] if classifier else []
-        kwargs = {}
-        if prior_scores is not None:
-            kwargs = dict(
-                num_samples=NUM_SCORED_SAMPLES,
-                acceptance_rate=prior_scores.get("acceptance_rate", 1.0),
-                floor_split=prior_scores.get("fid_floor_split"),
-                sampling=dict(DEFAULT_SAMPLING, **sampling),
-            )
-            flags.append(f"--num_samples={NUM_SCORED_SAMPLES}")
-            flags += [f"--{k}={v}" for k, v in {**prior_scores, **sampling}.items()]
         self.stage(
             label,
             "evaluate",
             flags,
-            lambda: evaluator.evaluate(model_dir, output, classifier, **kwargs),
+            lambda: evaluator.evaluate(model_dir, output, classifier),
         )
         return fs.read_json(output)
+
+    def evaluate_prior(self, runs):
+        """Scores the class-conditional prior under each of `runs` ({output: {acceptance_rate,
+        fid_floor_split, cfg_scale} (optional keys)}), NUM_SCORED_SAMPLES samples each, in one
+        stage that loads the prior and the real images' statistics once; a run whose output is
+        newer than the prior's newest checkpoint is kept. Returns {output: metrics}."""
+        from vim_tf.eval import evaluator
+
+        todo = [out for out in runs if not _fresh(out, self.prior_dir)]
+        commands, specs = [], []
+        for output in todo:
+            options = runs[output]
+            commands.append(
+                [
+                    f"--model_dir={self.prior_dir}",
+                    f"--output={output}",
+                    f"--classifier={self.c_dir}",
+                    f"--num_samples={NUM_SCORED_SAMPLES}",
+                    *[f"--{k}={v}" for k, v in options.items()],
+                ]
+            )
+            sampling = dict(DEFAULT_SAMPLING, cfg_scale=options.get("cfg_scale", 1.0))
+            specs.append(
+                dict(
+                    output=output,
+                    acceptance_rate=options.get("acceptance_rate", 1.0),
+                    floor_split=options.get("fid_floor_split"),
+                    sampling=sampling,
+                )
+            )
+        if todo:
+            self.stage(
+                "evaluate prior",
+                "evaluate",
+                commands[0],
+                lambda: evaluator.evaluate_prior_runs(
+                    self.prior_dir, self.c_dir, specs, NUM_SCORED_SAMPLES
+                ),
+                more_flags=commands[1:],
+            )
+        return {output: fs.read_json(output) for output in runs}
 
     def encode_tokens(self):
         from vim_tf.data import tokens
@@ -210,25 +238,13 @@ def _score_priors(p):
       ({summary key: metrics}, {summary key: metrics file}).
     """
     runs = {
-        "prior": ("evaluate prior", "metrics.json", {"fid_floor_split": "train"}, {}),
-        "prior_rejection": (
-            "evaluate prior, rejection 0.5",
-            "metrics_acceptance_0.5.json",
-            {"acceptance_rate": 0.5},
-            {},
-        ),
-        "prior_guided": (
-            f"evaluate prior, guidance {CFG_SCALE:g}",
-            f"metrics_cfg_{CFG_SCALE:g}.json",
-            {},
-            {"cfg_scale": CFG_SCALE},
-        ),
+        "prior": ("metrics.json", {"fid_floor_split": "train"}),
+        "prior_rejection": ("metrics_acceptance_0.5.json", {"acceptance_rate": 0.5}),
+        "prior_guided": (f"metrics_cfg_{CFG_SCALE:g}.json", {"cfg_scale": CFG_SCALE}),
     }
-    metrics, paths = {}, {}
-    for key, (label, name, scores, sampling) in runs.items():
-        paths[key] = fs.join(p.prior_dir, name)
-        metrics[key] = p.evaluate(label, p.prior_dir, paths[key], p.c_dir, scores, **sampling)
-    return metrics, paths
+    paths = {key: fs.join(p.prior_dir, name) for key, (name, _) in runs.items()}
+    metrics = p.evaluate_prior({paths[key]: options for key, (_, options) in runs.items()})
+    return {key: metrics[path] for key, path in paths.items()}, paths
 
 
 def _run_stages(p):

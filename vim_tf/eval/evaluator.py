@@ -84,8 +84,7 @@ def evaluate(
         )
     metrics.update(kind=kind, checkpoint=path, step=int(path.rsplit("-", 1)[-1]))
     model_dir_lib.write_json(output, metrics)
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-    logging.info("%s: %s -> %s", kind, shown, output)
+    logging.info("%s: %s -> %s", kind, _shown(metrics), output)
     return metrics
 
 
@@ -106,3 +105,61 @@ def _evaluate_prior(model, network, num_samples, acceptance_rate, floor_split, s
         )
     )
     return metrics
+
+
+def evaluate_prior_runs(model_dir, classifier, runs, num_samples=1000, checkpoint=None):
+    """Scores one prior under several sampling settings, each into its own JSON, as
+    `evaluate(model_dir, run["output"], classifier, num_samples, ...)` would one by one.
+
+    The prior, its test-split NLL, the scoring network, its sampler and the real images'
+    statistics are computed once and shared by the runs (the same figures as separate calls:
+    each run's samples depend only on its own settings and seed).
+
+    Args:
+      classifier: the scoring network (see `networks.load_scoring_network`).
+      runs: dicts with `output` and optionally `acceptance_rate` (default 1), `floor_split`
+        (default None) and `sampling` (as in `evaluate`).
+
+    Returns:
+      The metrics of each run, in order.
+    """
+    model, info, path = loading.load_network(
+        model_dir, purpose="evaluate_prior_runs scores priors", checkpoint=checkpoint
+    )
+    if info.get("kind") != "prior":
+        raise ValueError(f"{model_dir!r} holds a {info.get('kind')!r} model, not a prior")
+    gin_utils.load_model_dir_config(model_dir)
+    nll = prior_eval.evaluate_prior(model)
+    network = networks.load_scoring_network(classifier)
+    sampler = Sampler.of_trained_prior(model)
+    reals = prior_eval.RealSummaries(network)
+    out = []
+    for run in runs:
+        settings, seed = split_seed(run.get("sampling"))
+        metrics = dict(nll)
+        metrics.update(
+            prior_eval.score_prior_samples(
+                sampler,
+                network,
+                num_samples,
+                run.get("acceptance_rate", 1.0),
+                seed,
+                settings,
+                floor_split=run.get("floor_split"),
+                reals=reals,
+            )
+        )
+        metrics.update(
+            quantizer_dir=info.get("quantizer_dir"),
+            kind="prior",
+            checkpoint=path,
+            step=int(path.rsplit("-", 1)[-1]),
+        )
+        model_dir_lib.write_json(run["output"], metrics)
+        logging.info("prior: %s -> %s", _shown(metrics), run["output"])
+        out.append(metrics)
+    return out
+
+
+def _shown(metrics):
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))

@@ -65,8 +65,27 @@ def real_summary(
     )
 
 
+class RealSummaries:
+    """`real_summary` of each (split, kid_max_samples) computed once and kept, for scoring
+    several sample sets of one network against the same real images.
+
+    Args:
+      network: the `ScoringNetwork` whose features the summaries hold.
+    """
+
+    def __init__(self, network):
+        self.network = network
+        self._summaries = {}
+
+    def get(self, split, dataset_fn=input_pipeline.make_dataset, kid_max_samples=None):
+        key = (split, dataset_fn, kid_max_samples)
+        if key not in self._summaries:
+            self._summaries[key] = real_summary(self.network, split, dataset_fn, kid_max_samples)
+        return self._summaries[key]
+
+
 @gin.configurable(
-    denylist=["sampler", "network", "num_samples", "acceptance_rate", "seed", "settings"]
+    denylist=["sampler", "network", "num_samples", "acceptance_rate", "seed", "settings", "reals"]
 )
 def score_prior_samples(
     sampler,
@@ -79,6 +98,7 @@ def score_prior_samples(
     floor_split=None,
     kid_max_samples=streaming_scores.DEFAULT_KID_MAX_SAMPLES,
     dataset_fn=input_pipeline.make_dataset,
+    reals=None,
 ):
     """FID / classifier score / KID of `num_samples` samples against the real `real_split`.
 
@@ -99,6 +119,8 @@ def score_prior_samples(
         `Sampler` of a prior network, or a served export's.
       network: the `ScoringNetwork`.
       dataset_fn: gives the real splits.
+      reals: a `RealSummaries` of `network` to take the real splits' statistics from (and
+        keep them in); default: computed for this call only.
     """
     settings = SamplingSettings() if settings is None else settings
     num_classes = sampler.num_classes
@@ -106,7 +128,10 @@ def score_prior_samples(
     fake, achieved = _sample_summary(
         sampler, network, plan, num_samples, acceptance_rate, seed, settings, kid_max_samples
     )
-    real = real_summary(network, real_split, dataset_fn, kid_max_samples)
+    reals = RealSummaries(network) if reals is None else reals
+    if reals.network is not network:
+        raise ValueError("reals holds the statistics of another scoring network")
+    real = reals.get(real_split, dataset_fn, kid_max_samples)
     kid, _ = scores.kernel_distance(*streaming_scores.kid_features(real, fake))
     out = {
         "fid": streaming_scores.frechet_distance(real, fake),
@@ -122,7 +147,7 @@ def score_prior_samples(
     if plan is not None:
         out.update(_class_accuracy(fake, network, num_classes))
     if floor_split:
-        floor = real_summary(network, floor_split, dataset_fn, kid_max_samples=None)
+        floor = reals.get(floor_split, dataset_fn)
         out["fid_floor"] = streaming_scores.frechet_distance(floor, real)
         out["fid_floor_splits"] = f"{floor_split} vs {real_split}"
     return out
