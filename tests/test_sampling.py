@@ -67,6 +67,25 @@ class LogitsTest(TestCase, parameterized.TestCase):
         self.assertAllClose(sampling.guide(cond, uncond, 1.0), cond)
         self.assertAllClose(sampling.guide(cond, uncond, 3.0), uncond + 3.0 * (cond - uncond))
 
+    def test_filters_that_are_off_are_not_traced(self):
+        def ops_of(*knobs, specs=()):
+            fn = tf.function(lambda x, *t: sampling.process_logits(x, *knobs, *t))
+            graph = fn.get_concrete_function(tf.TensorSpec([2, 5]), *specs).graph
+            ops = [op.type for op in graph.get_operations()]
+            conds = sum(t in ("If", "StatelessIf") for t in ops)
+            return ops.count("TopKV2"), conds, "RealDiv" in ops
+
+        self.assertEqual(ops_of(1.0, 0, 1.0), (0, 0, False))
+        self.assertEqual(ops_of(2.0, 3, 1.0), (1, 0, True))  # one sort: top-k's
+        self.assertEqual(ops_of(1.0, 0, 0.9), (1, 0, False))
+        # Knobs known only at run time: top-k and top-p each under a tf.cond.
+        specs = [tf.TensorSpec([], d) for d in (tf.float32, tf.int32, tf.float32)]
+        self.assertEqual(ops_of(specs=specs), (0, 2, True))
+        fn = tf.function(sampling.process_logits)
+        for k, p in ((0, 1.0), (2, 1.0), (0, 0.6), (3, 0.8)):
+            want = sampling.process_logits(self.logits, 0.7, k, p)
+            self.assertAllEqual(fn(self.logits, *SamplingSettings(0.7, k, p).tensors()[:3]), want)
+
     def test_draw_is_seeded_and_follows_the_distribution(self):
         logits = tf.math.log(tf.constant([[0.7, 0.2, 0.1]] * 4000))
         a = sampling.draw(logits, 5, 3).numpy()
@@ -108,6 +127,10 @@ class SettingsTest(TestCase, parameterized.TestCase):
         self.assertEqual(
             settings.as_dict(), dict(temperature=0.9, top_k=5, top_p=1.0, cfg_scale=2.0)
         )
+        traced = SamplingSettings(top_p=0.9).traced()
+        self.assertEqual((traced.temperature, traced.top_k, traced.cfg_scale), (1.0, 0, 1.0))
+        self.assertIsInstance(traced.top_p, tf.Tensor)
+        self.assertAllClose(traced.top_p, 0.9)
         with self.assertRaises(AttributeError):  # frozen
             settings.top_k = 3
         got, seed = split_seed(dict(top_p=0.9, seed=7))
@@ -155,30 +178,54 @@ class DecodingTest(TestCase, parameterized.TestCase):
     def test_cached_sampling_equals_full_recomputation(
         self, num_classes, cfg_scale, top_k, top_p, temperature
     ):
+        # The cached loop as `Sampler` runs it by default (XLA, the filters that are off left
+        # out) in 4 chunks of 2, 2, 3 and 2 positions, against full recomputation in graph mode.
         model = make_prior(num_classes=num_classes)
         cls = tf.constant([0, 1, 2, 1], tf.int32)
         settings = SamplingSettings(temperature, top_k, top_p, cfg_scale)
-        run = lambda use_cache, seed: tf.function(  # noqa: E731
-            lambda: decoding.sample_tokens(model, cls, seed, settings, use_cache=use_cache)
-        )()
-        cached = run(True, 7).numpy()
-        full = run(False, 7).numpy()
-        self.assertEqual(cached.shape, (4, 3, 3))
-        np.testing.assert_array_equal(cached, full)
-        np.testing.assert_array_equal(cached, run(True, 7).numpy())
-        self.assertFalse(np.array_equal(cached, run(True, 8).numpy()))
+        self.assertEqual(decoding.chunk_bounds(9, 4), [(0, 2), (2, 4), (4, 7), (7, 9)])
+        cached = tf.function(
+            lambda seed: decoding.sample_tokens(
+                model, cls, seed, settings.traced(), settings.guided, num_chunks=4
+            ),
+            jit_compile=True,
+        )
+        full = tf.function(
+            lambda: decoding.sample_tokens(model, cls, 7, settings, use_cache=False)
+        )().numpy()
+        got = cached(tf.constant(7)).numpy()
+        self.assertEqual(got.shape, (4, 3, 3))
+        np.testing.assert_array_equal(got, full)
+        np.testing.assert_array_equal(got, cached(tf.constant(7)).numpy())
+        self.assertFalse(np.array_equal(got, cached(tf.constant(8)).numpy()))
 
     def test_sampling_compiles_with_xla(self):
+        # One graph for every setting (the export's): the filters run under tf.cond; the same
+        # tokens with and without XLA, and with any chunking of the cache.
         model = make_prior()
         cls = tf.constant([0, 2], tf.int32)
         settings = SamplingSettings(0.9, 3, 0.95, 2.0).tensors()
 
-        def run():
-            return decoding.sample_tokens(model, cls, 3, settings, guided=True)
+        def run(chunks):
+            return lambda: decoding.sample_tokens(
+                model, cls, 3, settings, guided=True, num_chunks=chunks
+            )
 
-        plain = tf.function(run)()
-        xla = tf.function(run, jit_compile=True)()
+        plain = tf.function(run(1))()
+        xla = tf.function(run(2), jit_compile=True)()
         np.testing.assert_array_equal(plain.numpy(), xla.numpy())
+        np.testing.assert_array_equal(plain.numpy(), tf.function(run(9))().numpy())
+
+    def test_chunks(self):
+        self.assertEqual(decoding.chunk_bounds(10, 3), [(0, 3), (3, 7), (7, 10)])
+        self.assertEqual(decoding.chunk_bounds(2, 5), [(0, 1), (1, 2)])
+        self.assertEqual(decoding.chunk_bounds(5, 1), [(0, 5)])
+        # Chunks of at least DEFAULT_CHUNK_LENGTH positions, at most DEFAULT_CHUNK_LIMIT.
+        self.assertEqual(decoding.DEFAULT_CHUNK_LENGTH, 64)
+        self.assertEqual(decoding.DEFAULT_CHUNK_LIMIT, 8)
+        self.assertEqual(
+            [decoding.default_chunks(n) for n in (9, 64, 256, 1024, 4096)], [1, 1, 4, 8, 8]
+        )
 
     def test_sampling_follows_the_model_distribution(self):
         # A prior whose logits ignore the input: every position is drawn from softmax(bias).
@@ -216,6 +263,7 @@ class FakeTokenizer:
 
 class SamplerTest(TestCase):
     def test_batches_follow_the_seed_rule_with_and_without_xla(self):
+        # The default Sampler (XLA) against sample_tokens in graph mode and a graph-mode Sampler.
         model = make_prior()
         ids = class_plan(5, 3)
         np.testing.assert_array_equal(ids, [0, 0, 1, 1, 2])
@@ -230,9 +278,10 @@ class SamplerTest(TestCase):
         for b, start in enumerate(range(0, 5, 2)):
             batch = one(tf.constant(ids[start : start + 2]), seeds.batch_seed(4, b))
             np.testing.assert_array_equal(tokens[start : start + 2], batch)
-        xla = Sampler(model, FakeTokenizer(), jit_compile=True, class_dropout=0.1)
-        xla = xla.sample(ids, 4, settings, 2)[0]
-        np.testing.assert_array_equal(tokens, xla)
+        self.assertTrue(Sampler(model, FakeTokenizer()).jit_compile)  # XLA by default
+        plain = Sampler(model, FakeTokenizer(), jit_compile=False, class_dropout=0.1)
+        plain = plain.sample(ids, 4, settings, 2)[0]
+        np.testing.assert_array_equal(tokens, plain)
 
     def test_class_plan_errors(self):
         with self.assertRaisesRegex(ValueError, r"class ids \[12\] out of range: valid are 0..9"):

@@ -63,6 +63,31 @@ class VIMTest(TestCase, parameterized.TestCase):
         tokens = np.random.randint(0, 11, size=(2, 9)).astype(np.int32)
         self.assertAllClose(clone(tokens, tf.constant([0, 1])), model(tokens, tf.constant([0, 1])))
 
+    @parameterized.named_parameters(
+        ("one_chunk", [(0, 9)]), ("odd_chunks", [(0, 4), (4, 5), (5, 9)])
+    )
+    def test_cached_steps_give_the_logits_of_the_full_call(self, chunks):
+        # call_with_cache one position at a time, the cache in `chunks` (the filled ones read as
+        # `past`), against the logits of the whole sequence from `call`.
+        model = make_prior()
+        tokens = np.random.randint(0, 11, size=(2, 9)).astype(np.int32)
+        cls = tf.constant([0, 2])
+        want = model(tokens, cls).numpy()
+        table = model.positional_embedding().numpy()
+        for pos in (0, 4, 8):
+            self.assertAllClose(model.position_embedding_at(pos), table[pos])
+        x, past, got = model.first_input(cls), None, []
+        for start, end in chunks:
+            cache = model.init_cache(2, end - start)
+            self.assertEqual(cache[0][0].shape, (2, 2, end - start, 8))  # [B, H, n, hd]
+            for pos in range(start, end):
+                logits, cache = model.call_with_cache(x, tf.constant(pos), cache, start, past)
+                got.append(logits.numpy())
+                x = model.next_input(tf.constant(tokens[:, pos]), tf.constant(pos))
+            past = model.join_cache(past, cache)
+        self.assertAllClose(np.stack(got, 1), want, atol=1e-5)
+        self.assertEqual(past[1][0].shape, (2, 2, 9, 8))
+
     def test_errors(self):
         with self.assertRaisesRegex(ValueError, "needs its quantizer"):
             VIM(num_layers=1, num_heads=1, hidden_dim=8, mlp_dim=8)

@@ -13,6 +13,14 @@ classifier's `scores`, which takes float images in [0, 1] (the contract of
 | prior | generate, features, encode, decode, reconstruct (its quantizer's) |
 | classifier | scores |
 
+`generate` runs the sampler's cached loop (the chunked key/value cache; the top-k and top-p
+filters under a `tf.cond`, so a request with them off skips their sorts) in graph mode, not
+XLA-compiled: a `jit_compile=True` function saves and reloads with `tf.saved_model.load` and runs
+there XLA-compiled, but a stock TF Serving model server refuses to compile it unless started
+with its experimental `--xla_cpu_compilation_enabled=true`, and XLA would also drop the in-graph
+checks below (Assert is a no-op under XLA). It draws the same tokens as the XLA-compiled
+`vim_tf.sampling.sampler.Sampler` (the draws are counter-based).
+
 Values a signature's dtype and shape cannot reject (token ids, class ids, sampling settings) are
 checked in-graph before anything uses them: a bad value fails the request with an
 InvalidArgumentError whose message says what is valid and shows the bad values, never an image
@@ -167,7 +175,8 @@ def _settings_specs():
 def _sampler(prior, tokenizer):
     """`sample(class_ids, settings, seed, checks) -> {"tokens", "images"}`: batch 0 of
     `vim_tf.sampling.sampler.Sampler.sample` with `seed`, once `checks` and the settings'
-    checks pass (guidance, which doubles the batch, is its own branch)."""
+    checks pass (guidance, which doubles the batch, is its own branch). Graph mode, not XLA (see
+    the module docstring): the same tokens as the XLA-compiled `Sampler`."""
 
     def sample(class_ids, settings, seed, checks):
         checks = checks + _sampling_checks(settings)

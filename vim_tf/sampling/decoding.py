@@ -2,9 +2,10 @@
 
 `sample_tokens` runs inside a `tf.function` with static shapes (XLA-compilable). With the
 key/value cache (the default) each step runs the network on one new position through its
-cached-inference primitives (`init_cache`, `first_input`, `call_with_cache`, `next_input`);
-without it, each step recomputes the whole prefix with the network's `call` (the reference the
-cache is tested against). Both draw the same tokens: the draws are counter-based
+cached-inference primitives (`init_cache`, `first_input`, `call_with_cache`, `next_input`,
+`join_cache`), one `tf.while_loop` per chunk of positions so each step attends over the filled
+prefix only; without it, each step recomputes the whole prefix with the network's `call` (the
+reference the cache is tested against). Both draw the same tokens: the draws are counter-based
 (`vim_tf.sampling.logits.draw`), a pure function of (seed, position).
 """
 
