@@ -136,7 +136,7 @@ class BindingsTakeEffectTest(TestCase, parameterized.TestCase):
     def _build_as_the_trainer_does(self):
         """What `train_lib.run` and `trainer.train` build from gin before the first step;
         returns the configurable names called."""
-        previous = keras.config.dtype_policy()
+        previous = precision.snapshot()
         try:
             precision.set_precision()
             model_class = gin.get_bindings("create_model")["model_class"]
@@ -155,7 +155,7 @@ class BindingsTakeEffectTest(TestCase, parameterized.TestCase):
             for dataset_fn in dataset_fns:
                 dataset_fn(split="train", training=True)
         finally:
-            keras.config.set_dtype_policy(previous)
+            precision.restore(previous)
         names = {"set_precision", "create_model", model_class.__name__, "make_optimizer"}
         return names | {fn.__name__ for fn in dataset_fns}
 

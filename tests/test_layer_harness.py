@@ -28,7 +28,7 @@ from layer_harness import (
 )
 from vim_tf.losses.perceptual import PerceptualLoss
 from vim_tf.models import discriminator as disc
-from vim_tf.models import quantizer, randomness, vit
+from vim_tf.models import matmuls, quantizer, randomness, vit
 from vim_tf.models.classifier import ImageClassifier
 from vim_tf.models.vim import VIM
 from vim_tf.models.vitvqgan import ViTVQGAN
@@ -78,6 +78,20 @@ LAYERS = {
         output_shape=(2, 5, 8),
         trainable_weights=4,  # fused q/k/v kernel and bias, output kernel and bias
         opt_outs=SEED_STATE,
+    ),
+    "dense": LayerSpec(
+        matmuls.Dense,
+        {"units": 3, "full_precision": True},
+        floats(2, 5),
+        output_shape=(2, 3),
+        trainable_weights=2,
+    ),
+    "layer_norm": LayerSpec(
+        vit.LayerNorm,
+        {"epsilon": 1e-6},
+        floats(2, 5, 8),
+        output_shape=(2, 5, 8),
+        trainable_weights=2,
     ),
     "transformer_block": LayerSpec(
         vit.TransformerBlock,

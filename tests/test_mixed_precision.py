@@ -10,6 +10,7 @@ import tensorflow as tf
 from testcase import TestCase
 from tiny import tiny_vitvqgan_bindings
 from vim_tf.losses import adversarial
+from vim_tf.models import matmuls
 from vim_tf.models.vim import VIM
 from vim_tf.models.vit import patchify
 from vim_tf.models.vitvqgan import ViTVQGAN
@@ -106,6 +107,38 @@ class MixedPrecisionTest(TestCase):
         self.assertNotIsInstance(
             optimizers.make_optimizer(learning_rate=1e-3), keras.optimizers.LossScaleOptimizer
         )
+
+    # ------------------------------------------------------------ bfloat16 matmuls
+    def test_bfloat16_matmuls_policy_and_auto(self):
+        with precision.use_policy("bfloat16_matmuls"):
+            self.assertEqual(keras.config.dtype_policy().name, "float32")
+            self.assertEqual(matmuls.matmul_dtype(), "bfloat16")
+            self.assertEqual(precision.current_policy(), "bfloat16_matmuls")
+            self.assertFalse(precision.needs_loss_scaling())
+        self.assertEqual(precision.current_policy(), "float32")
+        self.assertEqual(matmuls.matmul_dtype(), "float32")
+        self.assertEqual(precision.resolve_auto({"avx512_bf16"}, {"CPU"})[0], "bfloat16_matmuls")
+        self.assertEqual(precision.resolve_auto({"avx2"}, {"CPU"})[0], "float32")
+        with self.assertLogs(level="INFO") as logs, precision.use_policy("auto"):
+            chosen = precision.current_policy()
+            self.assertEqual(chosen, precision.resolve_auto()[0])
+        self.assertTrue(any(f"precision 'auto': {chosen}, because" in m for m in logs.output))
+
+    def test_bfloat16_matmuls_quantizer_step_matches_float32(self):
+        data = image_batch()
+        ref = make_quantizer("float32")
+        model = make_quantizer("float32")
+        model.set_weights(ref.get_weights())
+        want = results(tf.function(ref.train_step)(data))
+        with precision.use_policy("bfloat16_matmuls"):
+            step = tf.function(model.train_step)
+            got = results(step(data))
+        for name in ("loss", "l2", "logit_laplace", "vq", "generator_adversarial", "psnr"):
+            self.assertAllClose(got[name], want[name], rtol=0.05, atol=0.02, msg=name)
+        self.assert_float32_variables(model, model.optimizer)
+        # The updates follow the float32 ones within bfloat16 accuracy.
+        for w_ref, w in zip(ref.network.trainable_weights, model.network.trainable_weights):
+            self.assertAllClose(w.numpy(), w_ref.numpy(), atol=2e-3, msg=w.path)
 
     # ------------------------------------------------------------ bfloat16
     def test_bfloat16_quantizer_step_matches_float32(self):

@@ -81,3 +81,35 @@ class ViTTest(TestCase, parameterized.TestCase):
 if __name__ == "__main__":
     keras.utils.set_random_seed(0)
     tf.test.main()
+
+
+class ElementwiseOpsTest(TestCase):
+    def test_gelu_equals_the_tanh_form_with_its_gradient(self):
+        x = tf.random.normal((4, 9), seed=0) * 3.0
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            ours = vit.gelu(x)
+            ref = 0.5 * x * (1.0 + tf.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+            weight = tf.sin(x)
+            l_ours, l_ref = tf.reduce_sum(ours * weight), tf.reduce_sum(ref * weight)
+        self.assertAllClose(ours, ref, atol=1e-6)
+        self.assertAllClose(tape.gradient(l_ours, x), tape.gradient(l_ref, x), atol=1e-5)
+
+    def test_layer_norm_matches_keras_with_gradients(self):
+        x = tf.random.normal((2, 5, 8), seed=1) * 2.0 + 1.0
+        ours, ref = vit.LayerNorm(epsilon=1e-6), keras.layers.LayerNormalization(epsilon=1e-6)
+        ours.build(x.shape)
+        ref.build(x.shape)
+        ours.set_weights([np.linspace(0.5, 2.0, 8), np.linspace(-1.0, 1.0, 8)])
+        ref.set_weights(ours.get_weights())
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            y_ours, y_ref = ours(x), ref(x)
+            weight = tf.cos(x)
+            l_ours, l_ref = tf.reduce_sum(y_ours * weight), tf.reduce_sum(y_ref * weight)
+        self.assertAllClose(y_ours, y_ref, atol=1e-5)
+        for g_ours, g_ref in zip(
+            tape.gradient(l_ours, [x] + ours.trainable_variables),
+            tape.gradient(l_ref, [x] + ref.trainable_variables),
+        ):
+            self.assertAllClose(g_ours, g_ref, atol=1e-5)

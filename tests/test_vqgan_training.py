@@ -177,3 +177,38 @@ class VQGANTrainingTest(TestCase):
 
 if __name__ == "__main__":
     tf.test.main()
+
+
+class SummaryStatisticsTest(TestCase):
+    def test_log_only_statistics_on_summary_steps_equal_the_eager_computation(self):
+        from vim_tf.models import quantizer as quantizer_lib
+        from vim_tf.training import trainer
+        from vim_tf.utils import images as image_utils
+
+        model = make_procedure(adversarial_weight=0.0, discriminator=None)
+        data = batch()
+        model.train_step(data, summarize=False)
+        trackers = model._trackers
+        self.assertEqual(float(trackers["loss"].count), 1.0)
+        for name in ("psnr", "batch_codebook_usage", "batch_perplexity"):
+            self.assertEqual(float(trackers[name].count), 0.0)
+        for m in model.metrics:
+            m.reset_state()
+        # The weights the next step sees; its statistics are those of its forward pass.
+        out = model.network(data["image"], training=True)
+        usage, perplexity = quantizer_lib.code_statistics(out["counts"])
+        psnr = tf.reduce_mean(image_utils.psnr(data["image"], out["reconstruction"]))
+        result = model.train_step(data, summarize=True)
+        self.assertAllClose(result["psnr"], psnr, rtol=1e-5)
+        self.assertAllClose(result["batch_codebook_usage"], usage)
+        self.assertAllClose(result["batch_perplexity"], perplexity, rtol=1e-5)
+
+        # The trainer's loop: every step tracks the losses, only its last one the statistics.
+        for m in model.metrics:
+            m.reset_state()
+        loop = trainer.make_train_loop(model, tf.distribute.get_strategy(), jit_compile=False)
+        loop(iter(tf.data.Dataset.from_tensors(data).repeat()), tf.constant(3))
+        self.assertEqual(float(trackers["loss"].count), 3.0)
+        self.assertEqual(float(trackers["l2"].count), 3.0)
+        self.assertEqual(float(trackers["psnr"].count), 1.0)
+        self.assertEqual(int(model.optimizer.iterations), 5)

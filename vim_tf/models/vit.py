@@ -123,7 +123,7 @@ class LayerNorm(keras.layers.LayerNormalization):
 
     Same variables (gamma, beta) and config as the Keras layer, so checkpoints are shared.
 
-    Call: `x: [..., D] -> [..., D]` in x's dtype.
+    Call: `x: [..., D] -> [..., D]` in the layer's compute dtype.
     """
 
     def call(self, inputs):
@@ -132,7 +132,7 @@ class LayerNorm(keras.layers.LayerNormalization):
         x = ops.cast(inputs, "float32")
         gamma = ops.cast(ops.convert_to_tensor(self.gamma), "float32")
         beta = ops.cast(ops.convert_to_tensor(self.beta), "float32")
-        return ops.cast(_layer_norm(x, gamma, beta, self.epsilon), inputs.dtype)
+        return ops.cast(_layer_norm(x, gamma, beta, self.epsilon), self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="vim_tf")
