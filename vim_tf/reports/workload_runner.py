@@ -184,6 +184,11 @@ class Api:
             self.keras.config.set_dtype_policy(previous)
 
     def compute_dtype(self, policy):
+        """The dtype the matmuls of `policy` run in (the dense-matmul peak they are held to)."""
+        if hasattr(self.precision, "resolve"):
+            policy = self.precision.resolve(policy)
+        if policy == "bfloat16_matmuls":
+            return "bfloat16"
         return self.keras.DTypePolicy(policy).compute_dtype
 
     def step_jit(self, variant):
@@ -304,7 +309,8 @@ def _train_step_fn(api, kind, cfg, variant):
 
 def _encode_fn(api, cfg, variant):
     tf = api.tf
-    policy = api.default_policy if variant == "defaults" else _fixed_variant(variant)[0]
+    # The encode tool sets no training policy: its defaults are compiled_encode's own.
+    policy = "float32" if variant == "defaults" else _fixed_variant(variant)[0]
     with api.policy(policy):
         network, _ = api.quantizer(cfg)
         size = cfg["image_size"]
@@ -322,7 +328,8 @@ def _encode_fn(api, cfg, variant):
 def _sampling_fn(api, cfg, variant):
     tf = api.tf
     if variant == "defaults":
-        policy, jit = api.default_policy, api.sampling_jit
+        # The sampling tools set no training policy (float32); XLA per the sampling default.
+        policy, jit = "float32", api.sampling_jit
     else:
         policy, jit = _fixed_variant(variant)
     with api.policy(policy):
