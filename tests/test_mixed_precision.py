@@ -119,7 +119,7 @@ class MixedPrecisionTest(TestCase):
         self.assertEqual(matmuls.matmul_dtype(), "float32")
         self.assertEqual(precision.resolve_auto({"avx512_bf16"}, {"CPU"})[0], "bfloat16_matmuls")
         self.assertEqual(precision.resolve_auto({"avx2"}, {"CPU"})[0], "float32")
-        with self.assertLogs(level="INFO") as logs, precision.use_policy("auto"):
+        with self.assertLogs("absl", level="INFO") as logs, precision.use_policy("auto"):
             chosen = precision.current_policy()
             self.assertEqual(chosen, precision.resolve_auto()[0])
         self.assertTrue(any(f"precision 'auto': {chosen}, because" in m for m in logs.output))

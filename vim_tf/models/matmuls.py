@@ -47,14 +47,16 @@ def native_matmul_dtype(flags=None, devices=None):
 
     Args:
       flags: CPU feature flags (default: this CPU's, from /proc/cpuinfo).
-      devices: device types present, e.g. {'CPU', 'GPU'} (default: TensorFlow's logical devices).
+      devices: device types present, e.g. {'CPU', 'GPU'} (default: TensorFlow's physical devices,
+        listed without initializing the runtime, so a multi-worker strategy can still configure
+        its collective ops afterwards).
 
     Returns:
       (dtype, reason): 'bfloat16' on a TPU or a CPU with bfloat16 dot products (and no GPU),
       'float32' elsewhere; a phrase for the log.
     """
     if devices is None:
-        devices = {d.device_type for d in tf.config.list_logical_devices()}
+        devices = {d.device_type for d in tf.config.list_physical_devices()}
     if "TPU" in devices:
         return "bfloat16", "a TPU is attached"
     if "GPU" in devices:

@@ -43,7 +43,7 @@ def resolve_auto(flags=None, devices=None):
 
     Args:
       flags: CPU feature flags (default: this CPU's, from /proc/cpuinfo).
-      devices: device types present, e.g. {'CPU', 'GPU'} (default: TensorFlow's logical devices).
+      devices: device types present, e.g. {'CPU', 'GPU'} (default: TensorFlow's physical devices).
 
     Returns:
       (policy, reason): ('bfloat16_matmuls' or 'float32', a phrase for the log).
