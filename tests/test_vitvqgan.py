@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from testcase import TestCase
+from vim_tf.models import vitvqgan
 from vim_tf.models.vitvqgan import ViTVQGAN
 
 STACK = {"num_layers": 1, "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32}
@@ -41,6 +42,18 @@ class ViTVQGANTest(TestCase):
         self.assertAllClose(model.reconstruct(images), out["reconstruction"], atol=1e-5)
         rec = out["reconstruction"].numpy()
         self.assertTrue((rec >= 0).all() and (rec <= 1).all())
+
+    def test_compiled_encode_gives_the_eager_tokens(self):
+        # The encode tool's function (XLA by default, float32 products) against eager encode,
+        # on 64 images with codes of 8 dims so many scores sit close together.
+        model = make_network(codebook_size=64, code_dim=8)
+        images = batch(64, seed=3)["image"]
+        eager = model.encode(images).numpy()
+        self.assertGreater(len(np.unique(eager)), 8)
+        for jit in (True, False):
+            tokens = vitvqgan.compiled_encode(model, jit_compile=jit)(images)
+            self.assertEqual(tokens.dtype, tf.int32)
+            self.assertAllEqual(tokens, eager, msg=f"jit_compile={jit}")
 
     def test_log_scale_soft_lower_bound(self):
         model = make_network(min_log_scale=-2.0)

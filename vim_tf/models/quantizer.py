@@ -27,14 +27,16 @@ def nearest_codes(z, codebook, normalized):
       int32 [N] indices.
     """
     dots = ops.matmul(z, ops.transpose(codebook))
+    # tf.argmax/argmin directly: Keras's versions first rewrite -0.0 entries (five extra
+    # elementwise passes over the [N, K] scores) to break +0/-0 ties, which never matter here.
     if normalized:
-        return ops.cast(ops.argmax(dots, axis=-1), "int32")
+        return tf.argmax(dots, axis=-1, output_type=tf.int32)
     dist = (
         ops.sum(ops.square(z), axis=-1, keepdims=True)
         - 2.0 * dots
         + ops.sum(ops.square(codebook), axis=-1)[None]
     )
-    return ops.cast(ops.argmin(dist, axis=-1), "int32")
+    return tf.argmin(dist, axis=-1, output_type=tf.int32)
 
 
 def code_statistics(counts):

@@ -195,7 +195,7 @@ class ViTVQGAN(keras.Model):
         return config
 
 
-def compiled_encode(network, matmul_dtype=None):
+def compiled_encode(network, matmul_dtype=None, jit_compile=True):
     """The compiled `network.encode` (images [B, H, W, 3] in [0, 1] -> int32 tokens [B, h, w]) that
     the encode tool, the evaluator and the benchmark run.
 
@@ -205,9 +205,12 @@ def compiled_encode(network, matmul_dtype=None):
         default: token files are data, and bfloat16 products move a few percent of the tokens
         to a neighbouring code. 'bfloat16' is faster on bfloat16 hardware. The code choice
         itself (projection, similarities, argmax) is float32 either way.
+      jit_compile: compile with XLA (the default: it fuses the layer norms, activations and
+        attention softmax around the products and gives the same tokens as graph mode). The
+        function compiles once per batch shape.
     """
     dtype = matmul_dtype or "float32"
-    encode = tf.function(network.encode)
+    encode = tf.function(network.encode, jit_compile=bool(jit_compile))
 
     def run(images):
         # The setting is read while the function is traced (on its first call per shape).

@@ -111,7 +111,8 @@ class PriorTraining(TrainingProcedure):
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens, logits=logits)
         acc = None
         if accuracy:
-            acc = ops.mean(ops.cast(ops.equal(ops.argmax(logits, -1), tokens), "float32"))
+            predicted = tf.argmax(logits, -1, output_type=tf.int32)
+            acc = ops.mean(ops.cast(ops.equal(predicted, ops.cast(tokens, "int32")), "float32"))
         return ops.mean(ce), acc
 
     def tokenize(self, data):
