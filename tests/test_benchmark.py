@@ -107,8 +107,10 @@ class TimingTest(TestCase):
         self.assertTrue(all(t >= 0 for t in times.values()))
 
 
-def _job(times, matmul_times, dtype="float32", variant="float32"):
+def _job(times, matmul_times, dtype="float32", variant="float32", ops=None):
     info = {"policy": "float32", "compute_dtype": dtype, "jit": False, "times": times}
+    if ops:
+        info["ops"] = ops
     return {"variants": {variant: info}, "matmul": {dtype: {"n": 100, "times": matmul_times}}}
 
 
@@ -133,6 +135,27 @@ class FiguresTest(TestCase):
         self.assertEqual(row["ratio_to_baseline"]["float32"], 4.0)  # 8 s vs 2 s
         self.assertEqual(base["throughput"], cfg["batch"] / 8.0)
 
+    def test_profiled_rounds_and_the_products_only_bound(self):
+        plan = benchmark._Plan(False, True, None, None, None, None)
+        top = {"_MklMatMul": 0.5, "Mul": 0.3}
+        jobs = {
+            "current": [
+                _job([2.0], [0.5], ops={"matmul_seconds": 0.5, "op_seconds": 1.0, "top": top}),
+                _job([2.0], [0.5], ops={"matmul_seconds": 1.5, "op_seconds": 2.0, "top": {}}),
+                _job([2.0], [0.5], ops={"matmul_seconds": 1.0, "op_seconds": 3.0, "top": {}}),
+            ],
+            "baseline": [_job([8.0], [1.0])],
+        }
+        row = benchmark._row("stage1_tiny", plan, jobs, baseline=True)
+        ops = row["current"]["float32"]["ops"]
+        # Medians over the rounds; the baseline's 8 s over 1 s of products: at most 8x.
+        self.assertEqual((ops["matmul_seconds"], ops["op_seconds"], ops["rounds"]), (1.0, 2.0, 3))
+        self.assertEqual(ops["bound_ratio"], 8.0)
+        cells = benchmark.ops_table({"rows": [row]}).splitlines()[2].split(" | ")
+        self.assertEqual(
+            cells[1:], ["float32", "2000", "1000", "2000", "Mul 300", "4.00x", "8.00x |"]
+        )
+
     def test_a_failed_variant_is_a_dash(self):
         plan = benchmark._Plan(False, True, None, None, None, None)
         failed = {"variants": {"mixed_bfloat16": {"error": "TypeError: x"}}, "matmul": {}}
@@ -142,6 +165,37 @@ class FiguresTest(TestCase):
         self.assertIsNone(row["ratio_to_baseline"]["mixed_bfloat16"])
         line = benchmark.table({"rows": [row]}).splitlines()[2]
         self.assertEqual(line.split(" | ")[4], "-")
+
+
+class OpProfileTest(TestCase):
+    def test_op_times_by_hand(self):
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+        space = xplane_pb2.XSpace()
+        plane = space.planes.add(name="/host:CPU")
+        for i, name in enumerate(["a/MatMul:_MklMatMul", "b:Tanh", "ExecutorState::Process"]):
+            plane.event_metadata[i + 1].name = name
+        compute = plane.lines.add(name="tf_Compute/1")
+        for meta, ps in [(1, 3_000_000), (2, 1_000_000), (1, 2_000_000), (3, 9_000_000)]:
+            compute.events.add(metadata_id=meta, duration_ps=ps)
+        other = plane.lines.add(name="python")  # not an executor thread: ignored
+        other.events.add(metadata_id=2, duration_ps=7_000_000)
+        got = workload_runner.op_times(space.SerializeToString())
+        self.assertEqual(set(got), {"_MklMatMul", "Tanh"})
+        self.assertAlmostEqual(got["_MklMatMul"], 5e-6)
+        self.assertAlmostEqual(got["Tanh"], 1e-6)
+
+    def test_profile_of_a_train_step(self):
+        api = workload_runner.Api()
+        result = workload_runner.run_job(
+            api, "stage1_tiny", ["float32", "float32_xla"], 2, smoke=True, profile=True
+        )
+        ops = result["variants"]["float32"]["ops"]
+        self.assertEqual(ops["calls"], 2)
+        self.assertGreater(ops["matmul_seconds"], 0)
+        self.assertGreater(ops["op_seconds"], ops["matmul_seconds"])
+        self.assertTrue(set(ops["top"]) & workload_runner.MATMUL_OPS, ops["top"])
+        self.assertNotIn("ops", result["variants"]["float32_xla"])  # one XLA op: no breakdown
 
 
 class BadInputTest(TestCase):

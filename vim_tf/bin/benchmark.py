@@ -41,6 +41,12 @@ flags.DEFINE_list(
 flags.DEFINE_list("baseline_variants", ["float32"], "Variants of the baseline tree to time.")
 flags.DEFINE_integer("rounds", None, "Alternations per workload (default 2; 1 with --quick).")
 flags.DEFINE_integer("repeats", None, "Timed calls per variant and process (default by workload).")
+flags.DEFINE_bool(
+    "profile_ops",
+    False,
+    "Also profile this tree's graph-mode variants: the time of their matrix products and of "
+    "all ops, and the ratio to the baseline if only the products took time.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -59,6 +65,7 @@ def main(argv):
         repeats=FLAGS.repeats,
         # The rows so far are saved as they come: a long run stopped early keeps them.
         on_row=lambda report: fs.write_json(FLAGS.output, report),
+        profile_ops=FLAGS.profile_ops,
     )
     machine = results["machine"]
     print(
@@ -68,6 +75,9 @@ def main(argv):
     print(benchmark.table(results))
     print()
     print(benchmark.peak_table(results))
+    if FLAGS.profile_ops:
+        print()
+        print(benchmark.ops_table(results))
     fs.write_json(FLAGS.output, results)
     print(f"wrote {FLAGS.output}")
 

@@ -106,8 +106,11 @@ def git_commit(tree):
     return out.stdout.strip() or None
 
 
-def run_process(tree, workloads, variants, repeats, smoke=False, matmul_n=2048, python=None):
-    """Runs `workload_runner.py` in a fresh process with `tree` first on the path.
+def run_process(
+    tree, workloads, variants, repeats, smoke=False, matmul_n=2048, python=None, profile_ops=False
+):
+    """Runs `workload_runner.py` in a fresh process with `tree` first on the path (with
+    `profile_ops`, its graph-mode variants are profiled too: `workload_runner.op_profile`).
 
     Returns:
       The list of its job results (one per workload).
@@ -121,6 +124,7 @@ def run_process(tree, workloads, variants, repeats, smoke=False, matmul_n=2048, 
     cmd = [python or sys.executable, RUNNER, f"--tree={tree}", f"--workloads={','.join(workloads)}"]
     cmd += [f"--variants={','.join(variants)}", f"--repeats={repeats}", f"--matmul_n={matmul_n}"]
     cmd += ["--smoke"] if smoke else []
+    cmd += ["--profile_ops"] if profile_ops else []
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     results = [
         json.loads(line[len("RESULT ") :])
@@ -142,9 +146,12 @@ def _pool(jobs):
     variants, matmul = {}, {}
     for job in jobs:
         for name, info in job["variants"].items():
-            merged = variants.setdefault(name, {k: v for k, v in info.items() if k != "times"})
+            kept = {k: v for k, v in info.items() if k not in ("times", "ops")}
+            merged = variants.setdefault(name, kept)
             if "times" in info:
                 merged.setdefault("times", []).extend(info["times"])
+            if "ops" in info:
+                merged.setdefault("ops_rounds", []).append(info["ops"])
         for dtype, info in job["matmul"].items():
             matmul.setdefault(dtype, {"n": info["n"], "times": []})["times"].extend(info["times"])
     return variants, matmul
@@ -163,6 +170,15 @@ def measure(kind, cfg, jobs):
             out[name] = {"error": info.get("error", "not timed")}
             continue
         seconds = statistics.median(info["times"])
+        info = dict(info)
+        rounds = info.pop("ops_rounds", None)
+        if rounds:
+            info["ops"] = {
+                "matmul_seconds": statistics.median(r["matmul_seconds"] for r in rounds),
+                "op_seconds": statistics.median(r["op_seconds"] for r in rounds),
+                "top": rounds[0]["top"],
+                "rounds": len(rounds),
+            }
         mm = matmul[info["compute_dtype"]]
         peak = flops_lib.matmul_flops(mm["n"]) / statistics.median(mm["times"]) / 1e9
         achieved = step_flops / seconds / 1e9
@@ -198,8 +214,9 @@ def describe(kind, cfg):
 class _Plan:
     """How one run measures: model sizes, rounds, timed calls per process, the peak matmul."""
 
-    def __init__(self, quick, smoke, rounds, repeats, matmul_n, python):
+    def __init__(self, quick, smoke, rounds, repeats, matmul_n, python, profile_ops=False):
         speed = "quick" if quick or smoke else "full"
+        self.profile_ops = profile_ops
         self.smoke = smoke
         self.rounds = rounds or ROUNDS[speed]
         self.repeats = repeats
@@ -216,7 +233,9 @@ class _Plan:
         kinds = [workload_runner.workload_config(w)[0] for w in workloads]
         repeats = max(self.repeats_for(kind) for kind in kinds)
         args = (repeats, self.smoke, self.matmul_n, self.python)
-        return run_process(tree, workloads, variants, *args)
+        # Only this tree's variants are profiled (the baseline is the reference, not the subject).
+        profile = self.profile_ops and tree == this_tree()
+        return run_process(tree, workloads, variants, *args, profile_ops=profile)
 
 
 def _row(workload, plan, jobs, baseline):
@@ -237,6 +256,12 @@ def _row(workload, plan, jobs, baseline):
             v: (m["throughput"] / base if base and "throughput" in m else None)
             for v, m in row["current"].items()
         }
+        base_seconds = row["baseline"].get("float32", {}).get("seconds")
+        for m in row["current"].values():
+            ops = m.get("ops")
+            if ops and base_seconds and ops["matmul_seconds"] > 0:
+                # The ratio the variant would reach if everything but its products took no time.
+                ops["bound_ratio"] = base_seconds / ops["matmul_seconds"]
     return row
 
 
@@ -274,6 +299,7 @@ def run_all(
     matmul_n=None,
     python=None,
     on_row=None,
+    profile_ops=False,
 ):
     """Measures `workloads` (workload or group names; default all) and prints each row.
 
@@ -290,6 +316,9 @@ def run_all(
       matmul_n: size of the peak matmul (default 2048; 128 with `smoke`).
       python: the interpreter of the runner processes (default: this one).
       on_row: called with the report so far after each row (e.g. to save a partial run).
+      profile_ops: also profile this tree's graph-mode variants (`ops` in their figures: seconds
+        per call of the matrix products and of all ops; with a baseline, `bound_ratio`, the
+        ratio to the baseline if only the products took time). See `ops_table`.
 
     Returns:
       {"machine", "trees", "defaults", "rows": [{workload, kind, label, batch, unit,
@@ -302,7 +331,7 @@ def run_all(
         trees["baseline"] = check_tree(baseline)
         if "float32" not in check_variants(baseline_variants, "baseline variants"):
             raise ValueError("baseline_variants must include 'float32' (the ratios' reference)")
-    plan = _Plan(quick, smoke, rounds, repeats, matmul_n, python)
+    plan = _Plan(quick, smoke, rounds, repeats, matmul_n, python, profile_ops)
     report = {
         "machine": machine(),
         "trees": {k: {"path": t, "commit": git_commit(t)} for k, t in trees.items()},
@@ -397,4 +426,34 @@ def peak_table(report):
             else:
                 cells.append(f"{m['achieved_gflops']:.3g} GFLOP/s, {_peak_cell(m)}")
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ops_table(report):
+    """The profiled variants: step time, the time of its matrix products and of all its ops per
+    call, and how far the ratio to the baseline could go if only the products remained."""
+    lines = [
+        "| workload (batch) | variant | step ms | products ms | all ops ms | costliest other ops "
+        "| ratio to baseline | bound: products only |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        for variant, m in row["current"].items():
+            ops = m.get("ops")
+            if not ops:
+                continue
+            others = [(k, v) for k, v in ops["top"].items() if k not in workload_runner.MATMUL_OPS]
+            ratio = row.get("ratio_to_baseline", {}).get(variant)
+            bound = ops.get("bound_ratio")
+            cells = [
+                f"{row['label']} ({row['batch']})",
+                variant,
+                f"{1e3 * m['seconds']:.0f}",
+                f"{1e3 * ops['matmul_seconds']:.0f}",
+                f"{1e3 * ops['op_seconds']:.0f}",
+                ", ".join(f"{k} {1e3 * v:.0f}" for k, v in others[:4]),
+                f"{ratio:.2f}x" if ratio else "",
+                f"{bound:.2f}x" if bound else "",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -25,8 +25,10 @@ each compute dtype the variants use (the peak the steps are compared with). Vari
   per `sampling.settings.DEFAULT_JIT_COMPILE`, encode through `vitvqgan.compiled_encode`.
 
 Output, one line per job: `RESULT {"workload", "api", "vim_tf", "tensorflow", "defaults",
-"variants": {name: {"times", "policy", "compute_dtype", "jit"} or {"error"}}, "matmul":
-{dtype: {"n", "times"}}}` (times in seconds per call).
+"variants": {name: {"times", "policy", "compute_dtype", "jit"[, "ops"]} or {"error"}}, "matmul":
+{dtype: {"n", "times"}}}` (times in seconds per call). With `--profile_ops`, each graph-mode
+variant is also run under TensorFlow's profiler after the timing: "ops" gives the seconds per
+call of its matrix products, of all its ops, and of its costliest op types (`op_profile`).
 """
 
 import argparse
@@ -365,7 +367,83 @@ def matmul_fn(tf, n, dtype):
     return lambda: fn().numpy()
 
 
-def run_job(api, workload, variants, repeats, smoke=False, matmul_n=2048):
+# Op types of the matrix products (TensorFlow's and oneDNN's kernels of them).
+MATMUL_OPS = frozenset(
+    "MatMul BatchMatMul BatchMatMulV2 BatchMatMulV3 _MklMatMul _MklBatchMatMul _MklBatchMatMulV2 "
+    "_MklFusedMatMul _MklNativeFusedMatMul _FusedMatMul _MklFusedBatchMatMulV2 Einsum "
+    "_MklEinsum".split()
+)
+
+
+def op_times(xspace_bytes):
+    """Seconds per op type summed over a profile's TensorFlow op events.
+
+    Args:
+      xspace_bytes: a serialized XSpace (the profiler's `*.xplane.pb`).
+
+    Returns:
+      dict op type -> seconds, from the host's executor threads (`tf_Compute` lines), where each
+      op event is named `<node name>:<op type>`. An XLA-compiled function is one op there.
+    """
+    try:
+        from tsl.profiler.protobuf import xplane_pb2
+    except ImportError:  # the copy inside the TensorFlow wheel
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(xspace_bytes)
+    totals = {}
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                if ":" not in name or "::" in name:
+                    continue  # executor bookkeeping, not an op
+                op = name.rsplit(":", 1)[1]
+                totals[op] = totals.get(op, 0.0) + event.duration_ps * 1e-12
+    return totals
+
+
+def op_profile(tf, fn, calls=3, top=8):
+    """Where the time of `fn()` goes: TensorFlow's profiler over `calls` calls.
+
+    Returns:
+      {"calls", "matmul_seconds", "op_seconds" (per call: the matrix products, and every op;
+      ops on the two executor threads overlap, so op_seconds can exceed the wall time),
+      "top": {op type: seconds per call} of the `top` costliest op types}.
+    """
+    import glob
+    import shutil
+    import tempfile
+
+    logdir = tempfile.mkdtemp(prefix="vim_tf_profile_")
+    try:
+        tf.profiler.experimental.start(logdir)
+        try:
+            for _ in range(calls):
+                fn()
+        finally:
+            tf.profiler.experimental.stop()
+        totals = {}
+        for path in glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")):
+            with open(path, "rb") as f:
+                for op, sec in op_times(f.read()).items():
+                    totals[op] = totals.get(op, 0.0) + sec
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "calls": calls,
+        "matmul_seconds": sum(v for k, v in totals.items() if k in MATMUL_OPS) / calls,
+        "op_seconds": sum(totals.values()) / calls,
+        "top": {k: v / calls for k, v in ranked},
+    }
+
+
+def run_job(api, workload, variants, repeats, smoke=False, matmul_n=2048, profile=False):
     """Builds the variants of `workload`, times them in turns with the matmul peaks of their
     compute dtypes -> the job's result dict (see the module docstring)."""
     kind, cfg = workload_config(workload, smoke)
@@ -389,6 +467,10 @@ def run_job(api, workload, variants, repeats, smoke=False, matmul_n=2048):
             matmul[name[len("matmul_") :]] = {"n": matmul_n, "times": ts}
         else:
             info[name]["times"] = ts
+    if profile:
+        for name in info:
+            if name in fns and not info[name]["jit"]:  # an XLA cluster has no op breakdown
+                info[name]["ops"] = op_profile(api.tf, fns[name], calls=max(2, repeats // 2))
     return {"workload": workload, "kind": kind, "variants": info, "matmul": matmul}
 
 
@@ -409,6 +491,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=8, help="timed calls per variant")
     parser.add_argument("--matmul_n", type=int, default=2048, help="size of the peak matmul")
     parser.add_argument("--smoke", action="store_true", help="minuscule sizes (tests)")
+    parser.add_argument(
+        "--profile_ops", action="store_true", help="also profile each graph-mode variant's ops"
+    )
     args = parser.parse_args(argv)
     workloads, variants = args.workloads.split(","), args.variants.split(",")
     for name in workloads:
@@ -422,7 +507,9 @@ def main(argv=None):
     api = Api()
     for workload in workloads:
         keras.utils.set_random_seed(0)
-        result = run_job(api, workload, variants, args.repeats, args.smoke, args.matmul_n)
+        result = run_job(
+            api, workload, variants, args.repeats, args.smoke, args.matmul_n, args.profile_ops
+        )
         result.update(
             api=api.name, vim_tf=found, tensorflow=api.tf.__version__, defaults=api.defaults()
         )
