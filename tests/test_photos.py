@@ -37,8 +37,7 @@ HAND_COUNTS = {
 def raw_photo(name):
     """The photograph decoded straight from its package file, independently of the module."""
     (photo,) = [p for p in photos.PHOTOGRAPHS if p.name == name]
-    package = {"skimage": "skimage", "sklearn": "sklearn"}[photo.package]
-    root = os.path.dirname(__import__(package).__file__)
+    root = os.path.dirname(__import__(photo.package).__file__)
     return np.asarray(Image.open(os.path.join(root, photo.path)).convert("RGB"))
 
 

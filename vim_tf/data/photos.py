@@ -51,10 +51,10 @@ Example:
 
 from __future__ import annotations
 
-import collections
 import importlib.util
 import io
 import os
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -63,9 +63,22 @@ from PIL import Image
 
 from vim_tf.data import digits as digits_lib
 
-Photograph = collections.namedtuple("Photograph", ["name", "package", "path", "split"])
-Photograph.__doc__ = """One source photograph: `package` (import name) ships `path` (relative
-to the package folder); `split` is "train" or "test"."""
+
+class Photograph(NamedTuple):
+    """One source photograph, shipped by an installed package.
+
+    Attributes:
+        name: short name (also the label name).
+        package: import name of the package holding the file ("skimage" or "sklearn").
+        path: the file, relative to the package folder, with "/" separators.
+        split: "train" or "test".
+    """
+
+    name: str
+    package: str
+    path: str
+    split: str
+
 
 PHOTOGRAPHS = (
     Photograph("astronaut", "skimage", "data/astronaut.png", "train"),
