@@ -208,7 +208,24 @@ def load_digits_builder(
     _check_resolution(resolution)
     config = _config_for(int(resolution))
     data_dir = os.fspath(data_dir) if data_dir is not None else None
-    builder = SklearnDigits(config=config, data_dir=data_dir)
+    return prepare_offline(lambda: SklearnDigits(config=config, data_dir=data_dir))
+
+
+def prepare_offline(make_builder):
+    """Returns `make_builder()` prepared, without any download (shared by the embedded datasets).
+
+    Safe when several processes call it at once (a file lock serializes the prepare; the losers
+    reuse the winner's files) and after a prepare that was killed midway (its temp dir is removed).
+
+    Args:
+        make_builder: a function of no arguments returning a new TFDS builder of one config in
+            one data_dir (called again after waiting for the lock, so the builder re-reads the
+            disk).
+
+    Returns:
+        The prepared builder.
+    """
+    builder = make_builder()
     if _is_prepared(builder):
         return builder
     download_config = tfds.download.DownloadConfig(
@@ -217,7 +234,7 @@ def load_digits_builder(
     )
     with _prepare_lock(builder) as locked:
         # Another process may have finished while this one waited; a fresh builder re-reads disk.
-        builder = SklearnDigits(config=config, data_dir=data_dir)
+        builder = make_builder()
         if _is_prepared(builder):
             return builder
         if locked:  # Without the lock a temp dir may belong to a live prepare elsewhere.
@@ -227,7 +244,7 @@ def load_digits_builder(
         except OSError:
             # Without a working lock (e.g. a shared network file system) two processes can race to
             # rename their temp dirs; the loser's rename fails but the data are there.
-            builder = SklearnDigits(config=config, data_dir=data_dir)
+            builder = make_builder()
             if not _is_prepared(builder):
                 raise
             logging.info("%s was prepared by another process.", builder.data_path)

@@ -3,6 +3,9 @@
 Dataset names (the `DATASET` gin macro):
     * `'digits'`: scikit-learn's bundled digits (`vim_tf.data.digits`), built directly at
       `image_size` so no second resize blurs them; prepared on first use, offline.
+    * `'photos'`: crops of seven colour photographs from the scikit-image and scikit-learn
+      wheels (`vim_tf.data.photos`), split by photograph, built at `image_size` 32 or 64;
+      prepared on first use, offline.
     * `'tfds:<name>[/<config>][:<version>]'`: any TFDS image dataset with an `image` feature
       (and optionally a `label` ClassLabel) already prepared in `data_dir`. Nothing is ever
       downloaded: an unprepared dataset raises `DatasetNotPreparedError` saying how to prepare it.
@@ -27,8 +30,9 @@ from absl import logging
 
 from vim_tf.data import digits as digits_lib
 from vim_tf.data import folder as folder_lib
+from vim_tf.data import photos as photos_lib
 
-VALID_FORMS = "'digits', 'tfds:<name>[/<config>][:<version>]' or 'folder:<path>'"
+VALID_FORMS = "'digits', 'photos', 'tfds:<name>[/<config>][:<version>]' or 'folder:<path>'"
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -39,18 +43,19 @@ def check_dataset_name(dataset: str) -> tuple[str, str | None]:
     """Validates a dataset name without touching any file.
 
     Args:
-        dataset: `'digits'`, `'tfds:<name>[/<config>][:<version>]'` or `'folder:<path>'`.
+        dataset: `'digits'`, `'photos'`, `'tfds:<name>[/<config>][:<version>]'` or
+            `'folder:<path>'`.
 
     Returns:
-        (kind, argument): ("digits", None), ("tfds", "<name>[/<config>][:<version>]") or
-        ("folder", "<path>").
+        (kind, argument): ("digits", None), ("photos", None),
+        ("tfds", "<name>[/<config>][:<version>]") or ("folder", "<path>").
 
     Raises:
-        ValueError: `dataset` has none of the three forms.
+        ValueError: `dataset` has none of the four forms.
     """
     if isinstance(dataset, str):
-        if dataset == "digits":
-            return "digits", None
+        if dataset in ("digits", "photos"):
+            return dataset, None
         kind, sep, arg = dataset.partition(":")
         if sep and kind == "folder" and arg.strip():
             return "folder", arg
@@ -125,6 +130,9 @@ def _source_builder(dataset: str, image_size: int | None, data_dir):
     if kind == "digits":
         resolution = image_size if image_size is not None else 32
         return "tfds", digits_lib.load_digits_builder(resolution, data_dir=data_dir)
+    if kind == "photos":
+        resolution = image_size if image_size is not None else photos_lib.RESOLUTIONS[0]
+        return "tfds", photos_lib.load_photos_builder(resolution, data_dir=data_dir)
     if kind == "tfds":
         return "tfds", _tfds_builder(arg, data_dir)
     return "folder", folder_lib.get_source(arg)
@@ -172,6 +180,12 @@ def dataset_info(dataset: str, data_dir: str | os.PathLike | None = None) -> dic
         return {
             "num_classes": digits_lib.NUM_CLASSES,
             "num_examples": {"train": n - num_test, "test": num_test},
+        }
+    if kind == "photos":
+        # The crop grid gives the same counts at every resolution; read from the image sizes.
+        return {
+            "num_classes": len(photos_lib.PHOTOGRAPHS),
+            "num_examples": photos_lib.num_examples(),
         }
     if kind == "folder":
         source = folder_lib.get_source(arg)
@@ -271,14 +285,15 @@ def make_dataset(
     """Batches of images in [0, 1] and int labels from a named dataset.
 
     Args:
-        dataset: `'digits'`, `'tfds:<name>[/<config>][:<version>]'` or `'folder:<path>'`.
-        split: split name; TFDS slicing (e.g. "train[:10%]") works for digits and tfds.
+        dataset: `'digits'`, `'photos'`, `'tfds:<name>[/<config>][:<version>]'` or
+            `'folder:<path>'`.
+        split: split name; TFDS slicing (e.g. "train[:10%]") works for digits, photos and tfds.
         image_size: output side s.
         batch_size: GLOBAL batch size; with `input_context` each pipeline yields the per-replica
             batch `input_context.get_per_replica_batch_size(batch_size)`.
         training: shuffle, repeat and augment (random crop / flip); False makes one ordered pass
             with center crops.
-        data_dir: TFDS data dir for digits and tfds datasets (None: TFDS's default).
+        data_dir: TFDS data dir for digits, photos and tfds datasets (None: TFDS's default).
         random_flip: random horizontal flips in training.
         random_crop: random crops in training (center crops otherwise).
         shuffle_buffer: example shuffle buffer in training.
@@ -370,7 +385,7 @@ def _read_examples(dataset, split, image_size, data_dir, training, seed, num_pip
         read_config = tfds.ReadConfig(
             shuffle_seed=seed, try_autocache=False, skip_prefetch=True, add_tfds_id=False
         )
-        # Ordered datasets (digits) refuse file shuffling; the example shuffle covers them.
+        # Ordered datasets (digits, photos) refuse file shuffling; the example shuffle covers them.
         shuffle_files = training and not source.info.disable_shuffling
         ds = source.as_dataset(
             split=read_split, shuffle_files=shuffle_files, read_config=read_config
