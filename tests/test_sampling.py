@@ -13,6 +13,7 @@ from vim_tf.sampling import decoding, seeds
 from vim_tf.sampling import logits as sampling
 from vim_tf.sampling.sampler import Sampler, class_plan
 from vim_tf.sampling.settings import SamplingSettings, split_seed
+from vim_tf.training import precision
 
 
 def make_prior(num_classes=3, **kw):
@@ -198,6 +199,21 @@ class DecodingTest(TestCase, parameterized.TestCase):
         np.testing.assert_array_equal(got, full)
         np.testing.assert_array_equal(got, cached(tf.constant(7)).numpy())
         self.assertFalse(np.array_equal(got, cached(tf.constant(8)).numpy()))
+
+    def test_cached_sampling_under_the_mixed_bfloat16_policy(self):
+        # A prior built and sampled under Keras's mixed_bfloat16 (as the training loop draws
+        # its sample grids): the bfloat16 cache takes the step's keys, and the tokens equal full
+        # recomputation, in graph mode and with XLA.
+        with precision.use_policy("mixed_bfloat16"):
+            model = make_prior()
+            cls = tf.constant([0, 1, 2], tf.int32)
+            self.assertEqual(model.init_cache(3, 2)[0][0].dtype, tf.bfloat16)
+            full = tf.function(lambda: decoding.sample_tokens(model, cls, 5, use_cache=False))()
+            for jit in (False, True):
+                cached = tf.function(
+                    lambda: decoding.sample_tokens(model, cls, 5, num_chunks=2), jit_compile=jit
+                )()
+                np.testing.assert_array_equal(cached.numpy(), full.numpy(), err_msg=f"jit={jit}")
 
     def test_sampling_compiles_with_xla(self):
         # One graph for every setting (the export's): the filters run under tf.cond; the same

@@ -176,14 +176,19 @@ class Attention(keras.layers.Layer):
             for t in ops.split(x, 3, axis=-1)
         )
 
+    def _weight(self, variable):
+        # Inside the layer's call Keras has already cast the variable to the compute dtype; the
+        # cached sampler calls the projections outside it, where the cast is explicit.
+        return ops.cast(variable, self.compute_dtype)
+
     def project_qkv(self, x):
-        return matmuls.matmul(x, self.qkv_kernel) + self.qkv_bias
+        return matmuls.matmul(x, self._weight(self.qkv_kernel)) + self._weight(self.qkv_bias)
 
     def project_out(self, heads):
         """[B, heads, N, head_dim] -> [B, N, D]."""
         n = ops.shape(heads)[2]
         x = ops.reshape(ops.transpose(heads, (0, 2, 1, 3)), (-1, n, self.num_heads * self.head_dim))
-        return matmuls.matmul(x, self.out_kernel) + self.out_bias
+        return matmuls.matmul(x, self._weight(self.out_kernel)) + self._weight(self.out_bias)
 
     def attend(self, q, k, v, mask=None, training=None):
         """Scaled dot-product attention; `mask` broadcasts to [B, heads, Nq, Nk], True = keep."""
