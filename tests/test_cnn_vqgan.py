@@ -14,6 +14,7 @@ from absl.testing import parameterized
 
 import layer_harness
 import test_loading
+import xla_check
 from testcase import TestCase
 from tiny import TINY_VITVQGAN, with_data_dir
 from vim_tf.config import gin_utils
@@ -385,6 +386,12 @@ class CNNTrainingTest(TestCase):
         result = tf.function(model.train_step)(data)
         self.assertTrue(np.isfinite(float(result["discriminator_loss"])))
         self.assertEqual(int(model.discriminator_optimizer.iterations), 1)
+
+    def test_xla_train_step_equals_graph_step(self):
+        # The autoencoder phase is XLA-compiled by default (train.jit_compile).
+        model = _procedure(make_network(False), disc_start_step=100)
+        trained = model.network.trainable_variables
+        xla_check.assert_same_updates(self, model, {"image": images(4)}, trained=trained)
 
     def test_gin_selects_the_cnn(self):
         gin_utils.parse(

@@ -1,8 +1,10 @@
 """ViT-VQGAN: the stage-1 image tokenizer (the paper, Sec. 3): ViT encoder, factorized
 l2-normalized codebook, ViT decoder with a logit-laplace output.
 
-This module holds the inference network only; its GAN training procedure (losses, discriminator,
-perceptual network, optimizers) is `vim_tf.training.vqgan.VQGANTraining`.
+The codebook, the output distribution and the inference paths are those of every tokenizer
+(`vim_tf.models.tokenizer.Tokenizer`). This module holds the inference network only; its GAN
+training procedure (losses, discriminator, perceptual network, optimizers) is
+`vim_tf.training.vqgan.VQGANTraining`.
 """
 
 import gin
