@@ -1,6 +1,6 @@
 """Prints each model config's parameter count next to the paper's.
 
-vim-param-counts [--configs=vitvqgan_ss,vitvqgan_bb,vitvqgan_sl]
+vim-param-counts [--configs=vitvqgan_ss,vitvqgan_bb,vitvqgan_sl] [--flops]
 
 The `vim-param-counts` console script; also `python -m vim_tf.bin.param_counts` and `python tools/param_counts.py`.
 """
@@ -18,6 +18,9 @@ flags.DEFINE_list(
 )
 flags.DEFINE_list("priors", ["vim_base", "vim_large"], "Prior configs under gin/models/.")
 flags.DEFINE_integer("image_size", 256, "Image size the configs are built at.")
+flags.DEFINE_bool(
+    "flops", False, "Also print each config's network total and its FLOPs per image (millions)."
+)
 FLAGS = flags.FLAGS
 
 
@@ -29,6 +32,8 @@ def main(argv):
     rows = param_counts.table(FLAGS.configs, FLAGS.image_size) + param_counts.vim_table(
         FLAGS.priors
     )
+    if FLAGS.flops:
+        rows += param_counts.flops_table(FLAGS.configs, FLAGS.image_size)
     for name, part, ours, paper in rows:
         shown = f"{paper:>10}" if paper is not None else f"{'-':>10}"
         print(f"{name:<14} {part:<14} {ours:>10.1f} {shown}")

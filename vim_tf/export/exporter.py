@@ -110,7 +110,7 @@ def _check_ids(name, ids, limit, what):
 
 # ----------------------------------------------------------------- endpoints by model kind
 def quantizer_endpoints(quantizer):
-    """reconstruct / encode / decode of a `ViTVQGAN`.
+    """reconstruct / encode / decode of a tokenizer (`ViTVQGAN` or `CNNVQGAN`).
 
     Returns:
       list of (name, fn, input_signature); the first is the default.

@@ -13,11 +13,16 @@ from typing import Optional
 from absl import logging
 
 from vim_tf.models.classifier import ImageClassifier
+from vim_tf.models.cnn_vqgan import CNNVQGAN
+from vim_tf.models.tokenizer import Tokenizer
 from vim_tf.models.vim import VIM, tokens_from_batch
 from vim_tf.models.vitvqgan import ViTVQGAN
 from vim_tf.utils import model_dir as model_dir_lib
 
 NETWORK_CLASSES = {"quantizer": ViTVQGAN, "prior": VIM, "classifier": ImageClassifier}
+# A quantizer's class, by the name its model_info.json records under "network"; a dir that
+# records none was written before the CNN tokenizer existed and holds a ViTVQGAN.
+QUANTIZER_CLASSES = {"ViTVQGAN": ViTVQGAN, "CNNVQGAN": CNNVQGAN}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +31,8 @@ class TrainedPrior:
 
     Attributes:
       network: the restored `VIM`.
-      tokenizer: the restored `ViTVQGAN` of the prior's quantizer_dir, or None when the prior
+      tokenizer: the restored tokenizer (`ViTVQGAN` or `CNNVQGAN`) of the prior's
+        quantizer_dir, or None when the prior
         was trained from token shards without one.
       quantizer_dir: where the tokenizer came from (None without one).
       class_dropout: the training probability of the null class (> 0: the prior supports
@@ -34,7 +40,7 @@ class TrainedPrior:
     """
 
     network: VIM
-    tokenizer: Optional[ViTVQGAN]
+    tokenizer: Optional[Tokenizer]
     quantizer_dir: Optional[str] = None
     class_dropout: float = 0.0
 
@@ -65,37 +71,57 @@ def _restore(network, model_dir, checkpoint=None):
     return model_dir_lib.restore_latest(network, model_dir, checkpoint)
 
 
-def _rebuild(model_dir, kind, checkpoint=None):
-    network = NETWORK_CLASSES[kind].from_config(model_dir_lib.read_model_config(model_dir))
+def network_class(model_dir, info):
+    """The class of the network in `model_dir`, from its model_info dict `info`.
+
+    Raises:
+      ValueError: a quantizer of a class this version does not know (named in the message).
+    """
+    kind = info.get("kind")
+    if kind != "quantizer":
+        return NETWORK_CLASSES[kind]
+    name = info.get("network", "ViTVQGAN")
+    if name not in QUANTIZER_CLASSES:
+        raise ValueError(
+            f"{model_dir!r} holds a quantizer of class {name!r}: valid quantizer classes are "
+            f"{list(QUANTIZER_CLASSES)}"
+        )
+    return QUANTIZER_CLASSES[name]
+
+
+def _rebuild(model_dir, info, checkpoint=None):
+    config = model_dir_lib.read_model_config(model_dir)
+    network = network_class(model_dir, info).from_config(config)
     return network, _restore(network, model_dir, checkpoint)
 
 
 def load_tokenizer(quantizer_dir, checkpoint=None):
-    """A trained ViT-VQGAN tokenizer, frozen (`trainable = False`).
+    """A trained tokenizer (`ViTVQGAN` or `CNNVQGAN`, as the dir records), frozen
+    (`trainable = False`).
 
     Raises:
       ValueError: the dir is missing, not a quantizer or has no checkpoint (named in the message).
     """
-    model_dir_lib.check_model_dir(
+    info = model_dir_lib.check_model_dir(
         quantizer_dir,
         ("quantizer",),
         "a prior's quantizer is a trained stage-1 ViT-VQGAN dir",
         need_checkpoint=checkpoint is None,
     )
-    network, _ = _rebuild(quantizer_dir, "quantizer", checkpoint)
+    network, _ = _rebuild(quantizer_dir, info, checkpoint)
     network.trainable = False
     return network
 
 
 def load_classifier(classifier_dir, checkpoint=None):
     """A trained `ImageClassifier` (the scoring network of FID/IS on small datasets)."""
-    model_dir_lib.check_model_dir(
+    info = model_dir_lib.check_model_dir(
         classifier_dir,
         ("classifier",),
         "the scoring network must be a classifier model dir",
         need_checkpoint=checkpoint is None,
     )
-    network, _ = _rebuild(classifier_dir, "classifier", checkpoint)
+    network, _ = _rebuild(classifier_dir, info, checkpoint)
     return network
 
 
@@ -110,7 +136,7 @@ def load_prior(prior_dir, checkpoint=None):
 def _prior(prior_dir, info, checkpoint):
     quantizer_dir = info.get("quantizer_dir")
     tokenizer = load_tokenizer(quantizer_dir) if quantizer_dir else None
-    network, path = _rebuild(prior_dir, "prior", checkpoint)
+    network, path = _rebuild(prior_dir, info, checkpoint)
     prior = TrainedPrior(
         network=network,
         tokenizer=tokenizer,
@@ -130,7 +156,7 @@ def load_network(model_dir, kinds=model_dir_lib.KINDS, purpose=None, checkpoint=
       checkpoint: a checkpoint path (default: the newest of the dir).
 
     Returns:
-      (network, model_info dict, checkpoint path): a `ViTVQGAN` for a quantizer, a
+      (network, model_info dict, checkpoint path): a `ViTVQGAN` or `CNNVQGAN` for a quantizer, a
       `TrainedPrior` for a prior, an `ImageClassifier` for a classifier.
     """
     info = model_dir_lib.check_model_dir(
@@ -144,7 +170,7 @@ def load_network(model_dir, kinds=model_dir_lib.KINDS, purpose=None, checkpoint=
     if kind == "prior":
         network, path = _prior(model_dir, info, checkpoint)
     else:
-        network, path = _rebuild(model_dir, kind, checkpoint)
+        network, path = _rebuild(model_dir, info, checkpoint)
         if kind == "quantizer":
             network.trainable = False
     logging.info("restored %s (%s)", path, kind)

@@ -148,3 +148,32 @@ class Dense(keras.layers.Dense):
         config = super().get_config()
         config.update(full_precision=self.full_precision)
         return config
+
+
+@keras.saving.register_keras_serializable(package="vim_tf")
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` whose product follows the matmul dtype setting (a convolution is a
+    matrix product over patches: the same bfloat16 rate applies).
+
+    Args:
+      filters, kernel_size: as for `keras.layers.Conv2D`.
+      full_precision: convolve in the layer's compute dtype whatever the setting (output heads).
+      **kwargs: as for `keras.layers.Conv2D` (strides, padding, initializers, name, dtype).
+
+    Call: `x: [B, H, W, C] -> [B, H', W', filters]`.
+    """
+
+    def __init__(self, filters, kernel_size, full_precision=False, **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        self.full_precision = bool(full_precision)
+
+    def convolution_op(self, inputs, kernel):
+        if self.full_precision or not _reduced((inputs, kernel)):
+            return super().convolution_op(inputs, kernel)
+        out = super().convolution_op(ops.cast(inputs, "bfloat16"), ops.cast(kernel, "bfloat16"))
+        return ops.cast(out, "float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(full_precision=self.full_precision)
+        return config

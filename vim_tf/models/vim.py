@@ -22,7 +22,7 @@ from vim_tf.models.vit import LayerNorm, TransformerStack
 
 def tokens_from_batch(batch, tokenizer, seq_len):
     """Token ids int32 [B, seq_len] of a batch: its `tokens`, or its `image`s through the
-    (frozen) tokenizer, a `ViTVQGAN` or None."""
+    (frozen) tokenizer, a `ViTVQGAN`, `CNNVQGAN` or None."""
     if "tokens" in batch:
         return ops.reshape(ops.cast(batch["tokens"], "int32"), (-1, seq_len))
     if tokenizer is None:

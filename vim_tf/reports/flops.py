@@ -70,6 +70,96 @@ def stage1_flops(
     return {"encode": encode, "forward": forward, "train": 3 * forward - 2 * codes - patch}
 
 
+def _conv_flops(size, kernel, cin, cout):
+    """A 'same' convolution with a size x size output: 2 * size^2 * k^2 * cin * cout."""
+    return 2 * size * size * kernel * kernel * cin * cout
+
+
+def _res_block_flops(size, cin, cout):
+    """Two 3x3 convolutions, and the 1x1 skip when the width changes (`ResBlock`)."""
+    skip = _conv_flops(size, 1, cin, cout) if cin != cout else 0
+    return _conv_flops(size, 3, cin, cout) + _conv_flops(size, 3, cout, cout) + skip
+
+
+def _cnn_middle_flops(size, width, attention):
+    """Residual block, attention over the size^2 positions (one head, no MLP), residual block."""
+    attend = block_flops(size * size, width, 0) if attention else 0
+    return 2 * _res_block_flops(size, width, width) + attend
+
+
+def _cnn_encoder_flops(image_size, widths, num_res_blocks, attention, channels):
+    size, cin = image_size, widths[0]
+    total = _conv_flops(size, 3, channels, widths[0])  # conv_in
+    for i, width in enumerate(widths):
+        for _ in range(num_res_blocks):
+            total += _res_block_flops(size, cin, width)
+            cin = width
+        if i < len(widths) - 1:
+            size //= 2
+            total += _conv_flops(size, 3, width, width)  # stride-2 convolution
+    total += _cnn_middle_flops(size, widths[-1], attention)
+    return total + _conv_flops(size, 3, widths[-1], widths[-1])  # conv_out
+
+
+def _cnn_decoder_flops(grid_size, widths, num_res_blocks, attention, out_channels):
+    size, cin = grid_size, widths[-1]
+    total = _conv_flops(size, 3, widths[-1], widths[-1])  # conv_in
+    total += _cnn_middle_flops(size, widths[-1], attention)
+    for i in reversed(range(len(widths))):
+        for _ in range(num_res_blocks + 1):
+            total += _res_block_flops(size, cin, widths[i])
+            cin = widths[i]
+        if i > 0:
+            size *= 2
+            total += _conv_flops(size, 3, widths[i], widths[i])  # after the 2x upsampling
+    return total + _conv_flops(size, 3, widths[0], out_channels)  # conv_out
+
+
+def cnn_stage1_flops(
+    image_size,
+    channels,
+    channel_multipliers,
+    num_res_blocks,
+    attention,
+    codebook_size,
+    code_dim,
+    in_channels=3,
+    out_channels=6,
+):
+    """Convolution and matmul FLOPs per image of the CNN VQGAN (`vim_tf.models.cnn_vqgan`).
+
+    A 'same' k x k convolution from cin to cout channels with an s x s output costs
+    2*s^2*k^2*cin*cout; level i runs at image_size / 2^i with width W_i = channels *
+    channel_multipliers[i]; N = grid_size^2 tokens of the last width W:
+
+      encode  = conv_in + per level: num_res_blocks residual blocks (two 3x3 convolutions, a 1x1
+                skip where the width changes) and a stride-2 3x3 convolution (not after the
+                last) + middle (two residual blocks, attention `block_flops(N, W, 0)` if on)
+                + conv_out (3x3, W -> W) + 2*N*W*c (to the lookup space) + 2*N*c*K (similarities)
+      forward = encode + 2*N*c*W (back up) + conv_in + middle + per level from the last:
+                num_res_blocks + 1 residual blocks, then (not at level 0) a 2x upsampling and a
+                3x3 convolution + conv_out (3x3, W_0 -> out_channels)
+      train   = 3 * forward - 2 * 2*N*c*K (argmax: no backward) - the encoder's conv_in (no
+                gradient w.r.t. the images)
+
+    Returns:
+      dict(encode=..., forward=..., train=...) FLOPs per image.
+    """
+    widths = [channels * m for m in channel_multipliers]
+    grid = image_size // 2 ** (len(widths) - 1)
+    n, w = grid * grid, widths[-1]
+    codes = 2 * n * code_dim * codebook_size
+    encode = _cnn_encoder_flops(image_size, widths, num_res_blocks, attention, in_channels)
+    encode += 2 * n * w * code_dim + codes
+    forward = (
+        encode
+        + 2 * n * code_dim * w
+        + _cnn_decoder_flops(grid, widths, num_res_blocks, attention, out_channels)
+    )
+    stem = _conv_flops(image_size, 3, in_channels, widths[0])
+    return {"encode": encode, "forward": forward, "train": 3 * forward - 2 * codes - stem}
+
+
 def prior_flops(stack, grid_size, codebook_size):
     """Matmul FLOPs per sequence of the VIM prior.
 

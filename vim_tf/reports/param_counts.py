@@ -1,9 +1,12 @@
-"""Parameter counts of the gin model configs next to the paper's (the paper, Table 1)."""
+"""Parameter counts of the gin model configs next to the paper's (the paper, Table 1), and the
+stage-1 networks' FLOPs per image (`vim_tf.reports.flops`)."""
 
 import gin
 import keras
 
 from vim_tf.config import gin_utils
+from vim_tf.models.cnn_vqgan import CNNVQGAN
+from vim_tf.reports import flops
 from vim_tf.training import trainer
 
 # Millions of parameters per stack (encoder or decoder) in the paper's Table 1.
@@ -71,3 +74,42 @@ def vim_counts(name, grid_size=32, codebook_size=8192, num_classes=1000):
 
 def vim_table(names=tuple(PAPER_VIM_M)):
     return [(name, "prior", vim_counts(name) / 1e6, PAPER_VIM_M.get(name)) for name in names]
+
+
+def network_flops(network):
+    """Matmul and convolution FLOPs per image of a stage-1 network (`ViTVQGAN` or `CNNVQGAN`):
+    dict(encode=..., forward=..., train=...)."""
+    common = dict(codebook_size=network.codebook_size, code_dim=network.code_dim)
+    if isinstance(network, CNNVQGAN):
+        return flops.cnn_stage1_flops(
+            network.image_size,
+            network.channels,
+            network.channel_multipliers,
+            network.num_res_blocks,
+            network.attention,
+            **common,
+        )
+    return flops.stage1_flops(
+        network.image_size,
+        network.patch_size,
+        network.encoder_config,
+        decoder=network.decoder_config,
+        **common,
+    )
+
+
+def flops_table(names, image_size=256):
+    """Rows of (config, what, millions of FLOPs per image, None) for the stage-1 configs: the
+    parameter total, then the encode and forward FLOPs of `network_flops`."""
+    rows = []
+    for name in names:
+        gin.clear_config()
+        gin_utils.parse([f"models/{name}.gin"], [f"IMAGE_SIZE = {image_size}"])
+        network = trainer.create_model().network
+        network.build()
+        counts = network_flops(network)
+        gin.clear_config()
+        rows.append((name, "network total", _count(network) / 1e6, None))
+        rows.append((name, "encode MFLOP", counts["encode"] / 1e6, None))
+        rows.append((name, "forward MFLOP", counts["forward"] / 1e6, None))
+    return rows

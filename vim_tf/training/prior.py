@@ -27,7 +27,8 @@ class PriorTraining(TrainingProcedure):
         `VIM` instance is accepted too (it must match the tokenizer).
       quantizer_dir: the trained stage-1 model dir. Its frozen tokenizer tokenizes training
         images on the fly and decodes the summary samples.
-      tokenizer: a `ViTVQGAN` instead of `quantizer_dir` (tests, `fit` from Python).
+      tokenizer: a tokenizer (`ViTVQGAN` or `CNNVQGAN`) instead of `quantizer_dir` (tests,
+        `fit` from Python).
       class_dropout: training probability of replacing the class with the null class (enables
         classifier-free guidance; not in the paper, 0 there).
 

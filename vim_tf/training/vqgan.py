@@ -37,14 +37,15 @@ def _check_weights(values):
 
 @gin.register
 class VQGANTraining(TrainingProcedure):
-    """Trains a `ViTVQGAN` as a GAN: reconstruction, VQ, perceptual and adversarial losses.
+    """Trains a tokenizer (`ViTVQGAN` or `CNNVQGAN`) as a GAN: reconstruction, VQ, perceptual
+    and adversarial losses.
 
     Loss (the paper, Sec. 3.2): L = vq_weight * L_VQ + adversarial_weight * L_adv +
     perceptual_weight * L_perceptual + logit_laplace_weight * L_logit_laplace + l2_weight * L_2.
 
     Args:
-      network: the `ViTVQGAN` to train, or a callable that makes it (gin:
-        `VQGANTraining.network = @ViTVQGAN`, whose bindings gin fills in).
+      network: the tokenizer to train, or a callable that makes it (gin:
+        `VQGANTraining.network = @ViTVQGAN` or `@CNNVQGAN`, whose bindings gin fills in).
       l2_weight, logit_laplace_weight, vq_weight, perceptual_weight, adversarial_weight: the loss
         weights (1.0, 0.1, 1.0, 0.1, 0.1 in the paper).
       perceptual_weights_path: a local VGG16 (no top) weights file; required when
