@@ -561,7 +561,7 @@ def to_markdown(table):
         "",
     ]
     titles = [COLUMNS[m][0] for m in METRICS]
-    for tag, data in table["datasets"].items():
+    for data in table["datasets"].values():
         scoring = ", ".join(data["scoring"]) or (
             "not computed: no scoring network (pass --inception_weights or --classifier_dir)"
         )
