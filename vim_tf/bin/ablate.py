@@ -8,6 +8,7 @@ The `vim-ablate` console script; also `python -m vim_tf.bin.ablate` and `python 
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
@@ -70,23 +71,33 @@ def main(argv):
     else:
         # Checked before TensorFlow loads: a bad selection fails in a fraction of a second.
         ablation.check_args(FLAGS.rows, FLAGS.restarts, FLAGS.seeds, FLAGS.train_steps)
-        table = ablation.run_ablation(
-            ablation.Ablation(
-                output_dir=FLAGS.output_dir,
-                gin_files=tuple(FLAGS.gin_file),
-                gin_bindings=tuple(FLAGS.gin_bindings),
-                dataset=FLAGS.dataset,
-                rows=tuple(FLAGS.rows),
-                restarts=tuple(FLAGS.restarts),
-                seeds=FLAGS.seeds,
-                train_steps=FLAGS.train_steps,
-                classifier_dir=FLAGS.classifier_dir,
-                classifier_bindings=tuple(FLAGS.classifier_bindings),
-                inception_weights=FLAGS.inception_weights,
-            )
-        )
+        try:
+            table = _run()
+        except ablation.RunsFailed as e:
+            print(ablation.to_markdown(ablation.build_table(FLAGS.output_dir)))
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     print(ablation.to_markdown(table))
-    print(f"written: {ablation.output_paths(FLAGS.output_dir)}")
+    print(f"written: {', '.join(ablation.output_paths(FLAGS.output_dir))}")
+    return 0
+
+
+def _run():
+    return ablation.run_ablation(
+        ablation.Ablation(
+            output_dir=FLAGS.output_dir,
+            gin_files=tuple(FLAGS.gin_file),
+            gin_bindings=tuple(FLAGS.gin_bindings),
+            dataset=FLAGS.dataset,
+            rows=tuple(FLAGS.rows),
+            restarts=tuple(FLAGS.restarts),
+            seeds=FLAGS.seeds,
+            train_steps=FLAGS.train_steps,
+            classifier_dir=FLAGS.classifier_dir,
+            classifier_bindings=tuple(FLAGS.classifier_bindings),
+            inception_weights=FLAGS.inception_weights,
+        )
+    )
 
 
 def run():
