@@ -1,5 +1,7 @@
-"""Reports about the system rather than parts of it: throughput benchmarks, parameter counts.
+"""Reports about the system rather than parts of it: throughput benchmarks, parameter counts,
+the paper's Table 4 ablation at small scale and the linear probe's raw-pixel baseline.
 
-They sit above training (they build models the way the trainer does and time their steps), so
-nothing in the library imports them; the `vim-benchmark` and `vim-param-counts` binaries do.
+They sit above training and evaluation (they build, train and score models the way the
+binaries do), so nothing in the library imports them; the `vim-benchmark`, `vim-param-counts`,
+`vim-ablate` and `vim-pixel-probe` binaries do.
 """
