@@ -94,3 +94,76 @@ class MainJobTest(TestCase):
         with self.assertRaisesRegex(main_job.StageFailed, "TRAIN_STEPS"):
             main_job.run(out, ["TRAIN_STEPS = 'six'"])
         self.assertFalse(os.path.exists(os.path.join(out, "classifier")))
+
+
+PHOTOS_STAGES = {
+    "train quantizer",
+    "evaluate quantizer",
+    "k-means baseline",
+    "encode tokens",
+    "train unconditional prior",
+    "evaluate unconditional prior",
+    "sample grid",
+    "export quantizer",
+    "export prior_uncond",
+}
+
+
+class PhotosMainJobTest(TestCase):
+    def test_runs_the_photos_stages_then_a_rerun_reuses_them(self):
+        out = os.path.join(self.get_temp_dir(), "photos")
+        # The photos come at 32 px only (or 64): the tiny networks, at IMAGE_SIZE 32.
+        bindings = [
+            *TINY_VITVQGAN,
+            *TINY_VIM,
+            "IMAGE_SIZE = 32",
+            "BATCH_SIZE = 8",
+            "TRAIN_STEPS = 2",
+            "CHECKPOINT_EVERY = 2",
+            "VQGANTraining.disc_start_step = 10",
+            f"make_dataset.data_dir = '{self.shared_data_dir()}'",
+        ]
+        first = main_job.run(out, bindings, dataset="photos")
+
+        self.assertEqual(set(first["stage_times"]), PHOTOS_STAGES)
+        # 2,345 test crops of chelsea, coffee and china (vim_tf/data/photos.py).
+        self.assertEqual(first["quantizer"]["num_images"], 2345)
+        self.assertEqual(first["prior_uncond"]["num_images"], 2345)
+        # The baseline has the quantizer's rate: 64 patches of 4x4 at 16 codes = 64 x 4 bits.
+        km = first["kmeans"]
+        self.assertEqual((km["dataset"], km["image_size"], km["patch_size"]), ("photos", 32, 4))
+        self.assertEqual((km["codebook_size"], km["bits_per_image"]), (16, 256))
+        self.assertEqual(km["num_images"], 2345)
+        self.assertTrue(os.path.exists(km["reconstruction_grid"]))
+        self.assertTrue(os.path.exists(first["quantizer"]["reconstruction_grid"]))
+        samples = np.load(os.path.join(out, "samples", "samples.npz"))
+        self.assertEqual(samples["images"].shape, (main_job.NUM_GRID_SAMPLES, 32, 32, 3))
+        self.assertEqual(samples["tokens"].shape, (main_job.NUM_GRID_SAMPLES, 8, 8))
+        self.assertLess(int(samples["tokens"].max()), 16)
+        # Unconditional: no class ids, no classifier, no class-conditional prior, no probe.
+        self.assertNotIn("class_ids", samples.files)
+        for absent in ("classifier", "prior", os.path.join("prior_uncond", "probe.json")):
+            self.assertFalse(os.path.exists(os.path.join(out, absent)), absent)
+        self.assertIn("linear probe", first["skipped"])
+        self.assertEqual(sorted(first["exports"]), ["prior_uncond", "quantizer"])
+        for path in first["exports"].values():
+            self.assertTrue(os.path.exists(os.path.join(path, "saved_model.pb")), path)
+
+        kept = [
+            os.path.join(out, "kmeans", "metrics.json"),
+            os.path.join(out, "prior_uncond", "metrics.json"),
+            os.path.join(out, "samples", "grid.png"),
+        ]
+        mtimes = [os.path.getmtime(p) for p in kept]
+        again = main_job.run(out, bindings, dataset="photos")
+        self.assertEqual(
+            set(again["stage_times"]), {"train quantizer", "train unconditional prior"}
+        )
+        self.assertEqual([os.path.getmtime(p) for p in kept], mtimes)
+        self.assertEqual(again["kmeans"], km)
+
+    def test_an_unknown_dataset_names_the_valid_ones_before_any_stage(self):
+        out = os.path.join(self.get_temp_dir(), "unknown")
+        with self.assertRaisesRegex(ValueError, r"'digits', 'photos', got 'cifar10'"):
+            main_job.run(out, [], dataset="cifar10")
+        self.assertFalse(os.path.exists(out))

@@ -1,4 +1,12 @@
-"""The README's main job: the whole pipeline on the embedded digits, stage by stage.
+"""The README's main job: the whole pipeline on an embedded dataset, stage by stage.
+
+On the digits (the default) it trains and scores every model of the project. On the photos
+(`dataset="photos"`) it runs the stages that apply to unlabelled natural images: the quantizer,
+its evaluation beside a k-means patch codebook of the same rate, the token shards, an
+unconditional prior, its NLL and a sample grid, and the exports. The photos' labels name the
+source photograph, and train and test photographs differ, so nothing there has classes to
+condition on, score or probe: no classifier, class-conditional prior, guidance, rejection
+sampling, FID/IS/KID or linear probe (the summary says so).
 
 Each stage calls, in this process, the library function behind one binary; the equivalent
 command (`vim-<name> ...`, also `python tools/<name>.py ...`) is printed before the stage starts,
@@ -24,6 +32,16 @@ NUM_SCORED_SAMPLES = 1000
 NUM_GRID_SAMPLES = 100
 # The paper's sampling (temperature 1, no top-k, top-p or guidance), seed 0: the binaries' defaults.
 DEFAULT_SAMPLING = dict(temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0, seed=0)
+# The datasets the main job runs on (the `dataset` argument of `run`; tools/demo.py --dataset).
+DATASETS = ("digits", "photos")
+# What the photos job leaves out, and why (printed in its summary and returned by `run`).
+PHOTOS_SKIPPED = (
+    "not run on photos: the digits classifier and what needs a classifier (rFID, FID/IS/KID, "
+    "class accuracy, rejection sampling), the class-conditional prior and its guided samples, "
+    "and the linear probe. A photo's label names its source photograph and the test "
+    "photographs are not in the train split, so there are no classes to condition on, score "
+    "or probe."
+)
 
 
 class StageFailed(RuntimeError):
@@ -170,30 +188,62 @@ class _Pipeline:
             lambda: tokens.encode_splits(self.q_dir, self.token_dir),
         )
 
-    def sample_grid(self):
+    def sample_grid(self, model_dir, cfg_scale):
+        """NUM_GRID_SAMPLES samples of the prior in `model_dir` (seed 0, guidance `cfg_scale`)
+        into samples_dir, unless they are newer than its newest checkpoint."""
         from vim_tf.eval import generate
         from vim_tf.sampling.settings import SamplingSettings
 
-        if _fresh(fs.join(self.samples_dir, "samples.npz"), self.prior_dir):
+        if _fresh(fs.join(self.samples_dir, "samples.npz"), model_dir):
             return
         flags = [
-            f"--model_dir={self.prior_dir}",
+            f"--model_dir={model_dir}",
             f"--output_dir={self.samples_dir}",
             f"--num_samples={NUM_GRID_SAMPLES}",
             "--seed=0",
-            f"--cfg_scale={CFG_SCALE}",
+            f"--cfg_scale={cfg_scale}",
         ]
 
         def fn():
             return generate.generate(
-                self.prior_dir,
+                model_dir,
                 self.samples_dir,
                 NUM_GRID_SAMPLES,
-                settings=SamplingSettings(cfg_scale=CFG_SCALE),
+                settings=SamplingSettings(cfg_scale=cfg_scale),
                 seed=0,
             )
 
         self.stage("sample grid", "sample", flags, fn)
+
+    def kmeans_baseline(self, output):
+        """The k-means patch codebook of the quantizer's rate (its dataset, image, patch and
+        codebook sizes: the same bits per image) fitted on the train split and scored on the
+        test split into `output`, unless that is newer than the quantizer's newest checkpoint;
+        returns the metrics."""
+        from vim_tf.config import gin_utils
+        from vim_tf.reports import kmeans_baseline
+
+        if _fresh(output, self.q_dir):
+            return fs.read_json(output)
+        info = fs.read_json(fs.join(self.q_dir, "model_info.json"))
+        gin_utils.load_model_dir_config(self.q_dir)
+        data_dir = gin_utils.bound("make_dataset.data_dir")
+        args = dict(
+            dataset=gin_utils.bound("%DATASET"),
+            image_size=info["image_size"],
+            patch_size=info["patch_size"],
+            codebook_size=info["codebook_size"],
+        )
+        gin.clear_config()
+        flags = [f"--{k}={v}" for k, v in args.items()] + [f"--output={output}"]
+        flags += [f"--data_dir={data_dir}"] if data_dir else []
+        self.stage(
+            "k-means baseline",
+            "kmeans_baseline",
+            flags,
+            lambda: kmeans_baseline.run_kmeans_baseline(output=output, data_dir=data_dir, **args),
+        )
+        return fs.read_json(output)
 
     def linear_probe(self, output):
         from vim_tf.eval import linear_probe
@@ -263,7 +313,7 @@ def _run_stages(p):
     p.train("train prior", "digits_vim_tokens.gin", p.prior_dir, **tokens)
     prior_metrics, prior_paths = _score_priors(p)
     results.update(prior_metrics)
-    p.sample_grid()
+    p.sample_grid(p.prior_dir, CFG_SCALE)
     p.train("train unconditional prior", "digits_vim_uncond_tokens.gin", p.uncond_dir, **tokens)
     probe_json = fs.join(p.uncond_dir, "probe.json")
     results["linear_probe"] = p.linear_probe(probe_json)
@@ -327,25 +377,95 @@ def _print_summary(p, r, files, total):
     print(f"view: tensorboard --logdir {p.out}")
 
 
-def run(output_dir, extra_bindings=()):
-    """Runs every stage into `output_dir` and prints a summary; returns the summary dict.
+def _run_photos_stages(p):
+    """The photos stages in order; returns the summary's figures and the metrics files written."""
+    p.train("train quantizer", "photos_vitvqgan.gin", p.q_dir)
+    q_json = fs.join(p.q_dir, "metrics.json")
+    kmeans_json = fs.join(p.out, "kmeans", "metrics.json")
+    prior_json = fs.join(p.uncond_dir, "metrics.json")
+    results = {"quantizer": p.evaluate("evaluate quantizer", p.q_dir, q_json)}
+    results["kmeans"] = p.kmeans_baseline(kmeans_json)
+    # Token shards hold the unflipped crops (the prior's train split without its random flips).
+    p.encode_tokens()
+    tokens = dict(quantizer_dir=p.q_dir, bindings=[f"TOKEN_DIR = '{p.token_dir}'"])
+    p.train("train unconditional prior", "photos_vim_tokens.gin", p.uncond_dir, **tokens)
+    results["prior_uncond"] = p.evaluate("evaluate unconditional prior", p.uncond_dir, prior_json)
+    p.sample_grid(p.uncond_dir, 1.0)
+    results["exports"] = {
+        name: p.export(name, model_dir)
+        for name, model_dir in (("quantizer", p.q_dir), ("prior_uncond", p.uncond_dir))
+    }
+    results["skipped"] = PHOTOS_SKIPPED
+    return results, [q_json, kmeans_json, prior_json]
+
+
+def _print_photos_summary(p, r, files, total):
+    q, km, prior = r["quantizer"], r["kmeans"], r["prior_uncond"]
+    print("\n== vim_tf main job on photos: summary ==")
+    print(f"quantizer (test split: {q['num_images']} crops of photographs it never saw)")
+    for k in ("psnr", "ssim", "l1", "l2", "codebook_usage", "perplexity"):
+        print(f"  {k:<28} {q[k]:>10.4f}")
+    print(
+        f"k-means patch codebook of the same rate ({km['codebook_size']} codes of "
+        f"{km['patch_size']}x{km['patch_size']} patches, {km['bits_per_image']:.0f} bits/image)"
+    )
+    for k in ("psnr", "ssim", "codebook_usage", "perplexity"):
+        print(f"  {k:<28} {km[k]:>10.4f}")
+    print(f"  {'quantizer PSNR - k-means':<28} {q['psnr'] - km['psnr']:>+10.4f}")
+    print(f"unconditional prior (test split, {prior['num_images']} images)")
+    for k in ("nll_bits_per_token", "token_accuracy"):
+        print(f"  {k:<28} {prior[k]:>10.4f}")
+    print(f"\n{r['skipped']}")
+    print("\nwritten:")
+    for label, path in (
+        ("reconstruction grid", q.get("reconstruction_grid")),
+        ("k-means reconstruction grid", km.get("reconstruction_grid")),
+        ("unconditional sample grid", fs.join(p.samples_dir, "grid.png")),
+        ("samples", fs.join(p.samples_dir, "samples.npz")),
+        ("metrics", ", ".join(files)),
+        ("SavedModels", ", ".join(r["exports"].values())),
+        ("TensorBoard logdir", p.out),
+    ):
+        print(f"  {label:<32} {path}")
+    shown = ", ".join(f"{k} {v:.0f}s" for k, v in p.timings.items())
+    print(f"\nwall time {total / 60:.1f} min ({shown})")
+    print(f"view: tensorboard --logdir {p.out}")
+
+
+def run(output_dir, extra_bindings=(), dataset="digits"):
+    """Runs every stage for `dataset` into `output_dir` and prints a summary; returns it as a dict.
 
     Args:
       output_dir: where each stage's model dir (quantizer/, classifier/, prior/, prior_uncond/),
-        the token shards, the sample grid and the exports go.
+        the token shards, the sample grid and the exports go (photos: quantizer/, kmeans/,
+        prior_uncond/, tokens/, samples/, export/).
       extra_bindings: gin bindings given to every training stage, after the experiment's own.
+      dataset: one of DATASETS: 'digits' (every stage) or 'photos' (the stages that apply to
+        photographs without classes; see the module docstring).
 
     Returns:
-      {"quantizer", "prior", "prior_guided", "prior_rejection", "linear_probe", "classifier"}:
-      the metrics dicts; "exports": {name: SavedModel version dir}; "wall_time_s"; and
-      "stage_times": the stages this run executed (a rerun skips finished ones) with seconds.
+      digits: {"quantizer", "prior", "prior_guided", "prior_rejection", "linear_probe",
+      "classifier"}: the metrics dicts; photos: {"quantizer", "kmeans", "prior_uncond"} and
+      "skipped" (what was left out and why). Both: "exports": {name: SavedModel version dir};
+      "wall_time_s"; and "stage_times": the stages this run executed (a rerun skips finished
+      ones) with seconds.
 
     Raises:
+      ValueError: `dataset` is not one of DATASETS.
       StageFailed: a stage stopped on a user error; finished stages are kept.
     """
+    if dataset not in DATASETS:
+        raise ValueError(
+            f"dataset must be one of {', '.join(map(repr, DATASETS))}, got {dataset!r}"
+        )
     p = _Pipeline(output_dir, extra_bindings)
     start = time.time()
-    results, files = _run_stages(p)
+    stages, summary = (
+        (_run_stages, _print_summary)
+        if dataset == "digits"
+        else (_run_photos_stages, _print_photos_summary)
+    )
+    results, files = stages(p)
     total = time.time() - start
-    _print_summary(p, results, files, total)
+    summary(p, results, files, total)
     return dict(results, wall_time_s=total, stage_times=dict(p.timings))

@@ -1,6 +1,7 @@
-"""The main job on the embedded digits: train, evaluate, summarize (reuses finished stages).
+"""The main job on an embedded dataset: train, evaluate, summarize (reuses finished stages).
 
-vim-demo --output_dir=runs/demo
+vim-demo --output_dir=runs/demo                           # the digits: every stage
+vim-demo --dataset=photos --output_dir=runs/demo_photos   # photos: the stages without classes
 
 The `vim-demo` console script; also `python -m vim_tf.bin.demo` and `python tools/demo.py`.
 """
@@ -15,6 +16,12 @@ from vim_tf.utils import cli  # noqa: E402
 
 flags.DEFINE_string("output_dir", "runs/demo", "Where every stage's model dir goes.")
 flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings for every stage.")
+flags.DEFINE_string(
+    "dataset",
+    "digits",
+    "The embedded dataset: 'digits' (every stage) or 'photos' (quantizer beside a k-means "
+    "codebook of the same rate, unconditional prior and samples; no classifier stages).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -25,7 +32,7 @@ def main(argv):
     from vim_tf import main_job
 
     try:
-        main_job.run(FLAGS.output_dir, FLAGS.gin_bindings)
+        main_job.run(FLAGS.output_dir, FLAGS.gin_bindings, dataset=FLAGS.dataset)
     except main_job.StageFailed as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
