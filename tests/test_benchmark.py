@@ -188,14 +188,13 @@ class OpProfileTest(TestCase):
     def test_profile_of_a_train_step(self):
         api = workload_runner.Api()
         result = workload_runner.run_job(
-            api, "stage1_tiny", ["float32", "float32_xla"], 2, smoke=True, profile=True
+            api, "stage1_tiny", ["float32"], 2, smoke=True, profile=True
         )
         ops = result["variants"]["float32"]["ops"]
         self.assertEqual(ops["calls"], 2)
         self.assertGreater(ops["matmul_seconds"], 0)
         self.assertGreater(ops["op_seconds"], ops["matmul_seconds"])
         self.assertTrue(set(ops["top"]) & workload_runner.MATMUL_OPS, ops["top"])
-        self.assertNotIn("ops", result["variants"]["float32_xla"])  # one XLA op: no breakdown
 
 
 class BadInputTest(TestCase):

@@ -28,7 +28,7 @@ from vim_tf.training import distribute
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Seconds for one helper run (both workers of a multi-worker run); a hang fails the test instead
 # of blocking CI.
-TIMEOUT = 150
+TIMEOUT = 400
 
 
 def _tail(text, lines=40):

@@ -385,10 +385,7 @@ def op_times(xspace_bytes):
       dict op type -> seconds, from the host's executor threads (`tf_Compute` lines), where each
       op event is named `<node name>:<op type>`. An XLA-compiled function is one op there.
     """
-    try:
-        from tsl.profiler.protobuf import xplane_pb2
-    except ImportError:  # the copy inside the TensorFlow wheel
-        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     space = xplane_pb2.XSpace()
     space.ParseFromString(xspace_bytes)
