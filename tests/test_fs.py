@@ -108,6 +108,34 @@ class FsTest(TestCase, parameterized.TestCase):
         fs.write_text(fs.join(root, "m", "ckpt-1.index"), "")
         self.assertEqual(model_dir_lib.check_model_dir(fs.join(root, "m")), {"kind": "prior"})
 
+    @parameterized.parameters("local", "ram")
+    def test_npz_bytes_depend_only_on_the_arrays_and_stream_in_chunks(self, where):
+        root = self._root(where)
+        arrays = {"a": np.arange(24, dtype=np.int32).reshape(2, 3, 4), "s": np.float32(2.5)}
+        fs.save_npz(fs.join(root, "x.npz"), **arrays)
+        fs.save_npz(fs.join(root, "y.npz"), **arrays)
+        self.assertEqual(
+            fs.read_bytes(fs.join(root, "x.npz")), fs.read_bytes(fs.join(root, "y.npz"))
+        )
+        back = fs.load_npz(fs.join(root, "x.npz"))
+        np.testing.assert_array_equal(back["a"], arrays["a"])
+        self.assertEqual(back["s"], 2.5)
+        images = np.random.RandomState(0).randint(0, 255, (7, 2, 2, 3)).astype(np.uint8)
+        with fs.write_npz_stream(fs.join(root, "z.npz")) as npz:
+            npz.begin("images", np.uint8, images.shape)
+            for start in range(0, 7, 3):  # rows in chunks of 3, 3, 1
+                npz.write(images[start : start + 3])
+            npz.add_array("empty", np.zeros((0, 5), np.float32))
+        back = fs.load_npz(fs.join(root, "z.npz"))
+        np.testing.assert_array_equal(back["images"], images)
+        self.assertEqual(back["empty"].shape, (0, 5))
+        with self.assertRaisesRegex(ValueError, "closed with 1 rows missing"):
+            with fs.write_npz_stream(fs.join(root, "bad.npz")) as npz:
+                npz.begin("images", np.uint8, images.shape)
+                npz.write(images[:6])
+                npz.close()
+        self.assertFalse(fs.exists(fs.join(root, "bad.npz")))
+
     def test_paths(self):
         self.assertEqual(fs.abspath("gs://b/run"), "gs://b/run")
         self.assertEqual(fs.abspath("run"), os.path.join(os.getcwd(), "run"))

@@ -180,12 +180,12 @@ class _Pipeline:
 
         if _fresh(fs.join(self.token_dir, "tokens_info.json"), self.q_dir):
             return
-        flags = [f"--quantizer_dir={self.q_dir}", f"--output_dir={self.token_dir}"]
+        flags = [f"--quantizer_dir={self.q_dir}", f"--output_dir={self.token_dir}", "--overwrite"]
         self.stage(
             "encode tokens",
             "encode",
             flags,
-            lambda: tokens.encode_splits(self.q_dir, self.token_dir),
+            lambda: tokens.encode_splits(self.q_dir, self.token_dir, overwrite=True),
         )
 
     def sample_grid(self, model_dir, cfg_scale):
@@ -202,6 +202,7 @@ class _Pipeline:
             f"--num_samples={NUM_GRID_SAMPLES}",
             "--seed=0",
             f"--cfg_scale={cfg_scale}",
+            "--overwrite",
         ]
 
         def fn():
@@ -211,6 +212,7 @@ class _Pipeline:
                 NUM_GRID_SAMPLES,
                 settings=SamplingSettings(cfg_scale=cfg_scale),
                 seed=0,
+                overwrite=True,
             )
 
         self.stage("sample grid", "sample", flags, fn)

@@ -1,6 +1,12 @@
 """Scores a trained model over its test split and writes one JSON object.
 
 vim-evaluate --model_dir=runs/q --output=runs/q/metrics.json
+vim-evaluate --model_dir=runs/prior --classifier=runs/classifier --num_samples=50000 \
+    --output=runs/prior/fid50k.json [--strategy=mirrored|multi_worker|tpu] [--tpu=ADDR]
+
+A prior's samples are scored shard by shard: each shard's classifier activations (no image) go
+to --shard_dir as they are computed, so a killed run, rerun with the same command, samples only
+the missing shards, and the workers of a multi-worker run share them (the chief scores).
 
 The `vim-evaluate` console script; also `python -m vim_tf.bin.evaluate` and `python tools/evaluate.py`.
 """
@@ -41,6 +47,14 @@ flags.DEFINE_string(
     "fid_floor_split",
     None,
     "Also score this real split against the test split (the FID floor), e.g. 'train'.",
+)
+cli.define_strategy_flags("each local replica samples its share of every batch of a prior")
+flags.DEFINE_string(
+    "shard_dir",
+    None,
+    "Where a prior's per-shard activations go (default: <output without .json>_activations "
+    "beside --output). Classifier rejection sampling (--acceptance_rate < 1) is scored in "
+    "memory without shards.",
 )
 flags.DEFINE_bool(
     "watch",
@@ -93,6 +107,12 @@ def main(argv):
             sampling=sampling,
         )
         return
+    from vim_tf.training import distribute
+
+    strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.tpu)
+    shard_dir = None
+    if FLAGS.acceptance_rate == 1.0:
+        shard_dir = FLAGS.shard_dir or default_shard_dir(FLAGS.output)
     evaluator.evaluate(
         FLAGS.model_dir,
         FLAGS.output,
@@ -101,7 +121,16 @@ def main(argv):
         FLAGS.acceptance_rate,
         FLAGS.fid_floor_split,
         sampling=sampling,
+        strategy=None if FLAGS.strategy == "default" else strategy,
+        shard_dir=shard_dir,
     )
+
+
+def default_shard_dir(output):
+    """<output without .json>_activations, beside `output`."""
+    name = fs.basename(output)
+    stem = name[: -len(".json")] if name.endswith(".json") else name
+    return fs.join(fs.dirname(fs.abspath(output)), f"{stem}_activations")
 
 
 def run():

@@ -3,7 +3,11 @@
   vim-sample --model_dir=runs/demo/prior --output_dir=runs/demo/samples \
       --num_samples=100 [--class_ids=0,1] [--temperature=1.0] [--top_k=0] [--top_p=1.0] \
       [--cfg_scale=1.0] [--seed=0] [--acceptance_rate=0.5 --classifier=runs/demo/classifier] \
-      [--nojit_compile]
+      [--nojit_compile] [--strategy=default|mirrored|multi_worker|tpu] [--tpu=ADDR] \
+      [--shard_size=1000] [--nomerge] [--overwrite]
+
+Samples are written in shards as they are drawn (OUT/samples-NNNNN-of-MMMMM.npz and
+OUT/samples_manifest.json); rerunning a killed run's command draws only the missing shards.
 
 The `vim-sample` console script; also `python -m vim_tf.bin.sample` and `python tools/sample.py`.
 """
@@ -33,6 +37,14 @@ flags.DEFINE_string(
     None,
     "Scoring network for rejection sampling (classifier model dir or SavedModel dir).",
 )
+cli.define_strategy_flags("each local replica samples its share of every batch")
+cli.define_shard_flags("Samples (a multiple of --batch_size; default 10 batches)")
+flags.DEFINE_bool(
+    "merge",
+    True,
+    "Also write OUT/samples.npz with every sample (streamed from the shards); --nomerge keeps "
+    "only the shards (e.g. 50,000 samples of 256x256 images).",
+)
 flags.DEFINE_bool(
     "jit_compile",
     None,
@@ -51,8 +63,10 @@ def main(argv):
     )
     from vim_tf.eval import generate
     from vim_tf.sampling.settings import split_seed
+    from vim_tf.training import distribute
 
     settings, seed = split_seed(cli.sampling_settings())
+    strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.tpu)
     generate.generate(
         FLAGS.model_dir,
         FLAGS.output_dir,
@@ -64,6 +78,11 @@ def main(argv):
         acceptance_rate=FLAGS.acceptance_rate,
         classifier=FLAGS.classifier,
         jit_compile=FLAGS.jit_compile,
+        strategy=None if FLAGS.strategy == "default" else strategy,
+        shard_size=FLAGS.shard_size,
+        merge=FLAGS.merge,
+        overwrite=FLAGS.overwrite,
+        return_arrays=False,
     )
 
 

@@ -200,6 +200,21 @@ def dataset_info(dataset: str, data_dir: str | os.PathLike | None = None) -> dic
     }
 
 
+def num_examples(dataset: str, split: str, data_dir: str | os.PathLike | None = None) -> int:
+    """The number of examples of one split of a dataset (see `dataset_info`).
+
+    Raises:
+        ValueError: the dataset has no such split (the valid ones are named).
+    """
+    kind, arg = check_dataset_name(dataset)
+    if kind == "folder":
+        return folder_lib.get_source(arg).num_examples(split)
+    counts = dataset_info(dataset, data_dir)["num_examples"]
+    if split not in counts:
+        raise ValueError(f"dataset {dataset!r} has no split {split!r}: valid are {sorted(counts)}")
+    return counts[split]
+
+
 def _to_rgb_example(example: dict, has_label: bool) -> dict:
     """Normalizes a decoded example to {"image": uint8 [H, W, 3], "label": int32 []}.
 

@@ -1,5 +1,7 @@
 """What `tools/evaluate.py` does: load a trained network from its model dir and score it."""
 
+import contextlib
+
 import tensorflow as tf
 from absl import logging
 
@@ -8,7 +10,7 @@ from vim_tf.eval import classifier_eval, networks, prior_eval, quantizer_eval, s
 from vim_tf.models import loading
 from vim_tf.sampling.sampler import Sampler
 from vim_tf.sampling.settings import split_seed
-from vim_tf.utils import fs
+from vim_tf.utils import fs, replicas
 from vim_tf.utils import images as image_utils
 from vim_tf.utils import model_dir as model_dir_lib
 
@@ -40,6 +42,8 @@ def evaluate(
     floor_split=None,
     checkpoint=None,
     sampling=None,
+    strategy=None,
+    shard_dir=None,
 ):
     """Scores the model in `model_dir` and writes one JSON object to `output`.
 
@@ -52,28 +56,51 @@ def evaluate(
       checkpoint: a specific checkpoint path (default: the newest).
       sampling: the prior's sampling settings, a dict of temperature, top_k, top_p, cfg_scale
         and seed (default: the paper's, temperature 1 without top-k, top-p or guidance; seed 0).
+      strategy: a `tf.distribute.Strategy` whose local replicas share every batch of a prior's
+        samples; under MultiWorkerMirroredStrategy the workers share the sample shards (needs
+        `shard_dir`) and only the chief scores and writes `output`. Quantizers and classifiers
+        are scored on the chief's default device.
+      shard_dir: score a prior's samples shard by shard, writing each shard's activations
+        there (resumable; see `prior_eval.score_sample_shards`). None: in memory only.
+
+    Returns:
+      The metrics (None on a worker other than the chief).
     """
-    model, info, path = loading.load_network(
-        model_dir,
-        purpose="evaluate.py scores quantizers, priors and classifiers",
-        checkpoint=checkpoint,
-    )
+    worker, workers = replicas.worker_share(strategy)
+    if workers > 1 and shard_dir is None:
+        raise ValueError("a multi-worker evaluation shares its sample shards: it needs shard_dir")
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model, info, path = loading.load_network(
+            model_dir,
+            purpose="evaluate.py scores quantizers, priors and classifiers",
+            checkpoint=checkpoint,
+        )
     # The datasets the scores read are those of the model's own training config.
     gin_utils.load_model_dir_config(model_dir)
     kind = info.get("kind")
     network = networks.load_scoring_network(classifier) if classifier else None
     settings, seed = split_seed(sampling)
+    if kind != "prior" and worker != 0:
+        logging.info("worker %d: a %s is scored by the chief alone", worker, kind)
+        return None
     if kind == "quantizer":
-        metrics = quantizer_eval.evaluate_quantizer(model, network=network)
-        inputs, recs = metrics.pop("examples")
-        grid_path = fs.join(fs.dirname(output), "eval_reconstructions.png")
-        grid = image_utils.make_grid(tf.concat([inputs, recs], 0).numpy(), rows=2)
-        image_utils.save_png(grid_path, grid, scale=2)
-        metrics["reconstruction_grid"] = grid_path
+        metrics = _evaluate_quantizer(model, network, output)
     elif kind == "prior":
+        identity = {"model_dir": fs.abspath(model_dir), "checkpoint": fs.basename(path)}
         metrics = _evaluate_prior(
-            model, network, num_samples, acceptance_rate, floor_split, settings, seed
+            model,
+            network,
+            num_samples,
+            acceptance_rate,
+            floor_split,
+            settings,
+            seed,
+            strategy=strategy,
+            shard_dir=shard_dir,
+            identity=identity,
         )
+        if metrics is None:
+            return None
         metrics["quantizer_dir"] = info.get("quantizer_dir")
     elif kind == "classifier":
         metrics = classifier_eval.evaluate_classifier(model)
@@ -88,22 +115,57 @@ def evaluate(
     return metrics
 
 
-def _evaluate_prior(model, network, num_samples, acceptance_rate, floor_split, settings, seed):
-    """The test-split NLL of a prior and, with a scoring network, the scores of its samples."""
+def _evaluate_quantizer(model, network, output):
+    """A quantizer's metrics; its reconstruction grid goes beside `output`."""
+    metrics = quantizer_eval.evaluate_quantizer(model, network=network)
+    inputs, recs = metrics.pop("examples")
+    grid_path = fs.join(fs.dirname(output), "eval_reconstructions.png")
+    grid = image_utils.make_grid(tf.concat([inputs, recs], 0).numpy(), rows=2)
+    image_utils.save_png(grid_path, grid, scale=2)
+    metrics["reconstruction_grid"] = grid_path
+    return metrics
+
+
+def _evaluate_prior(
+    model,
+    network,
+    num_samples,
+    acceptance_rate,
+    floor_split,
+    settings,
+    seed,
+    strategy=None,
+    shard_dir=None,
+    identity=None,
+):
+    """The test-split NLL of a prior and, with a scoring network, the scores of its samples
+    (None on a worker other than the chief: it only samples and scores its shards)."""
+    worker = replicas.worker_share(strategy)
+    if worker[0] != 0 and network is None:
+        return None
+    scored = {}
+    if network is not None:
+        sampler = Sampler.of_trained_prior(model, strategy=strategy)
+        scored = prior_eval.score_prior_samples(
+            sampler,
+            network,
+            num_samples,
+            acceptance_rate,
+            seed,
+            settings,
+            floor_split=floor_split,
+            sharded=prior_eval.Sharded(shard_dir, worker, identity) if shard_dir else None,
+        )
+        if scored is None:
+            return None
     metrics = prior_eval.evaluate_prior(model)
+    metrics.update(scored)
     if network is None:
         logging.warning(
             "no --classifier: FID, inception_score, KID and class accuracy are not computed "
             "(nothing is downloaded; pass a vim_tf classifier model dir, or an Inception v3 "
             "file of your own for the paper's Inception scores)"
         )
-        return metrics
-    sampler = Sampler.of_trained_prior(model)
-    metrics.update(
-        prior_eval.score_prior_samples(
-            sampler, network, num_samples, acceptance_rate, seed, settings, floor_split=floor_split
-        )
-    )
     return metrics
 
 

@@ -1,5 +1,6 @@
 """Likelihood of a trained prior over a whole split (bits per token)."""
 
+import dataclasses
 import math
 
 import gin
@@ -99,6 +100,8 @@ def score_prior_samples(
     kid_max_samples=streaming_scores.DEFAULT_KID_MAX_SAMPLES,
     dataset_fn=input_pipeline.make_dataset,
     reals=None,
+    sharded=None,
+    batch_size=100,
 ):
     """FID / classifier score / KID of `num_samples` samples against the real `real_split`.
 
@@ -121,13 +124,22 @@ def score_prior_samples(
       dataset_fn: gives the real splits.
       reals: a `RealSummaries` of `network` to take the real splits' statistics from (and
         keep them in); default: computed for this call only.
+      sharded: a `Sharded`: write each shard of samples' activations (features, logits, class
+        ids; no image) to its dir as it is scored (see `score_sample_shards`): resumable, and
+        shared by workers; the workers other than the chief return None after their shards.
+        None: keep only the running sums in memory.
+      batch_size: samples per batch (the samples depend on it, as in `BatchSampler.sample`).
+
+    Returns:
+      The metrics dict (None on a worker other than the chief).
     """
     settings = SamplingSettings() if settings is None else settings
     num_classes = sampler.num_classes
     plan = sampler_lib.class_plan(num_samples, num_classes)
-    fake, achieved = _sample_summary(
-        sampler, network, plan, num_samples, acceptance_rate, seed, settings, kid_max_samples
-    )
+    run = (plan, num_samples, acceptance_rate, seed, settings, kid_max_samples, batch_size)
+    fake, achieved = _fake_summary(sampler, network, sharded, *run)
+    if fake is None:
+        return None
     reals = RealSummaries(network) if reals is None else reals
     if reals.network is not network:
         raise ValueError("reals holds the statistics of another scoring network")
@@ -153,8 +165,152 @@ def score_prior_samples(
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Sharded:
+    """Where and as whom `score_prior_samples` writes its activation shards.
+
+    Attributes:
+      shard_dir: the dir of the shards and their manifest.
+      worker: (index, count) of this worker; the chief (0) waits for all shards and scores.
+      identity: JSON-able facts naming the prior (model dir, checkpoint): a rerun for another
+        prior into the same dir is refused.
+    """
+
+    shard_dir: str
+    worker: tuple = (0, 1)
+    identity: dict = dataclasses.field(default_factory=dict)
+
+
+def _fake_summary(
+    sampler,
+    network,
+    sharded,
+    plan,
+    num_samples,
+    acceptance_rate,
+    seed,
+    settings,
+    kid_max_samples,
+    batch_size,
+):
+    """(ActivationSummary of the samples, achieved acceptance rate): through shards when
+    `sharded` ((None, None) on a worker other than the chief), else in memory."""
+    if sharded is None:
+        return _sample_summary(
+            sampler,
+            network,
+            plan,
+            num_samples,
+            acceptance_rate,
+            seed,
+            settings,
+            kid_max_samples,
+            batch_size,
+        )
+    if acceptance_rate != 1.0:
+        raise ValueError(
+            "sharded scoring draws every sample once; classifier rejection sampling "
+            "(acceptance_rate < 1) ranks all candidates of a class together: score it "
+            "without shards"
+        )
+    fake = score_sample_shards(
+        sampler,
+        network,
+        plan,
+        num_samples,
+        seed,
+        settings,
+        batch_size,
+        sharded.shard_dir,
+        sharded.worker,
+        kid_max_samples,
+        sharded.identity,
+    )
+    return fake, 1.0 if fake is not None else None
+
+
+ACTIVATION_BATCHES_PER_SHARD = 10
+
+
+def score_sample_shards(
+    sampler,
+    network,
+    plan,
+    num_samples,
+    seed,
+    settings,
+    batch_size,
+    shard_dir,
+    worker=(0, 1),
+    kid_max_samples=streaming_scores.DEFAULT_KID_MAX_SAMPLES,
+    identity=None,
+):
+    """Samples the plan shard by shard (`ACTIVATION_BATCHES_PER_SHARD` batches each), runs each
+    batch through `network` and writes the shard's features, logits and class ids to
+    `shard_dir/activations-NNNNN-of-MMMMM.npz` (a `vim_tf.utils.shards.ShardSet`); images are
+    dropped once scored. A rerun skips the finished shards. The chief then streams every shard,
+    in order, into an `ActivationSummary` (one shard in memory at a time).
+
+    `identity`: JSON-able facts naming the prior (model dir, checkpoint): a rerun for another
+    prior into the same dir is refused.
+
+    Returns:
+      The summary on the chief (worker 0), None on the other workers.
+    """
+    from vim_tf.eval import generate
+    from vim_tf.utils import fs, shards
+
+    ids = sampler_lib.plan_ids(plan, num_samples)
+    params = {
+        "classifier": network.name,
+        "seed": int(seed),
+        "batch_size": int(batch_size),
+        "sampling": settings.as_dict(),
+        **(identity or {}),
+    }
+    shard_set = shards.ShardSet(
+        shard_dir,
+        "activations",
+        ".npz",
+        num_samples,
+        ACTIVATION_BATCHES_PER_SHARD * batch_size,
+        params,
+        *worker,
+    )
+    shard_set.open(write_manifest=worker[0] == 0)
+    if settings.guided:
+        sampler.check_guidance(settings.cfg_scale)
+    for index in shard_set.pending():
+        # The decoder's float images, as the in-memory path scores them.
+        samples = generate.sample_shard(
+            sampler, ids, plan, shard_set.bounds(index), seed, settings, batch_size, uint8=False
+        )
+        features, logits = network.activations(samples.pop("images"), 250)
+        arrays = {"features": features, "logits": logits}
+        if plan is not None:
+            arrays["class_ids"] = samples["class_ids"]
+        shard_set.write(index, lambda tmp, arrays=arrays: fs.save_npz(tmp, **arrays))
+    if worker[0] != 0:
+        return None
+    shard_set.wait_for_all()
+    fake = streaming_scores.ActivationSummary(kid_max_samples, total=num_samples, seed=seed)
+    for path in shard_set.paths():
+        arrays = fs.load_npz(path)
+        fake.update(arrays["features"], arrays["logits"], arrays.get("class_ids"))
+    shard_set.finish()
+    return fake
+
+
 def _sample_summary(
-    sampler, network, plan, num_samples, acceptance_rate, seed, settings, kid_max_samples
+    sampler,
+    network,
+    plan,
+    num_samples,
+    acceptance_rate,
+    seed,
+    settings,
+    kid_max_samples,
+    batch_size=100,
 ):
     """Samples the plan (through rejection sampling when acceptance_rate < 1) and streams them
     into an `ActivationSummary`. Returns (summary, achieved acceptance rate)."""
@@ -163,12 +319,19 @@ def _sample_summary(
     with_ids = plan is not None
     if acceptance_rate == 1.0:
         # One batch of images at a time: sampled, scored, dropped.
-        for batch_ids, _, images in sampler.sample_batches(ids, seed=seed, settings=settings):
+        batches = sampler.sample_batches(ids, seed=seed, settings=settings, batch_size=batch_size)
+        for batch_ids, _, images in batches:
             fake.add_images(network, images, batch_ids if with_ids else None)
             del images
         return fake, 1.0
     kept = rejection.stream_rejection_sample(
-        sampler, network, ids, acceptance_rate, seed=seed, settings=settings
+        sampler,
+        network,
+        ids,
+        acceptance_rate,
+        seed=seed,
+        settings=settings,
+        batch_size=batch_size,
     )
     for features, logits, kept_ids in kept:
         fake.update(features, logits, kept_ids if with_ids else None)

@@ -52,7 +52,8 @@ class ServedSampler(sampler_lib.BatchSampler):
         """Nothing here: the export refuses guidance in-graph where its prior cannot serve it."""
         del cfg_scale
 
-    def draw_batch(self, class_ids, seed, batch_index, settings):
+    def draw_batch(self, class_ids, seed, batch_index, settings, pad_to=None):
+        del pad_to  # the served signature takes any batch size
         first = (
             {"class_ids": tf.constant(class_ids)}
             if self.num_classes

@@ -26,7 +26,7 @@ def guided_classes(prior, class_ids, guided):
     return tf.concat([class_ids, tf.fill(tf.shape(class_ids), prior.null_class)], 0)
 
 
-def choose(logits, settings, seed, position, guided):
+def choose(logits, settings, seed, position, guided, row_offset=0):
     """One token per sample from the logits of one position.
 
     Args:
@@ -35,6 +35,7 @@ def choose(logits, settings, seed, position, guided):
       seed: the batch's draw seed (see `vim_tf.sampling.seeds.batch_seed`).
       position: int scalar, the sequence position.
       guided: Python bool, mix the two halves with classifier-free guidance.
+      row_offset: int scalar, the batch row of the first sample (a replica's share of a batch).
 
     Returns:
       int32 [B].
@@ -43,7 +44,7 @@ def choose(logits, settings, seed, position, guided):
         cond, uncond = tf.split(logits, 2, axis=0)
         logits = logits_lib.guide(cond, uncond, settings.cfg_scale)
     logits = logits_lib.process_logits(logits, settings.temperature, settings.top_k, settings.top_p)
-    return logits_lib.draw(logits, seed, position)
+    return logits_lib.draw(logits, seed, position, row_offset)
 
 
 def chunk_bounds(steps, num_chunks):
@@ -72,6 +73,7 @@ def sample_tokens(
     use_cache=True,
     num_steps=None,
     num_chunks=None,
+    row_offset=0,
 ):
     """Autoregressive sampling from a VIM prior network (call inside tf.function).
 
@@ -89,6 +91,9 @@ def sample_tokens(
       num_chunks: Python int, the cached loop's chunks of positions (default:
         `default_chunks(seq_len)`): the positions of chunk c attend over the cache of
         positions up to the end of chunk c only. Any count gives the same tokens.
+      row_offset: int scalar (tensor allowed), the batch row of class_ids[0]: a replica that
+        samples rows [o, o + B) of a batch passes o and draws the tokens one device sampling
+        the whole batch draws for those rows.
 
     Returns:
       int32 [B, grid_size, grid_size].
@@ -103,7 +108,7 @@ def sample_tokens(
     classes = guided_classes(prior, class_ids, guided)
 
     def choose_at(logits, pos):
-        return choose(logits, settings, seed, pos, guided)
+        return choose(logits, settings, seed, pos, guided, row_offset)
 
     if use_cache:
         chunks = chunk_bounds(steps, num_chunks or default_chunks(prior.seq_len))

@@ -83,25 +83,30 @@ def _fmix32(h):
     return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16))
 
 
-def uniform(shape2d, seed, position):
+def uniform(shape2d, seed, position, row_offset=0):
     """Counter-based uniforms in (0, 1) of shape [B, K], a pure function of (seed, position).
 
     Integer hashing of (seed, position, row, column) instead of TF's stateless random ops:
     those give different numbers under XLA when the seed changes inside a while loop, and the
     same seed must give the same samples with and without XLA.
+
+    `row_offset` (int scalar, tensor allowed) numbers the rows from there: a replica drawing rows
+    [o, o + B) of a batch passes o and draws exactly what one device drawing the whole batch
+    draws for those rows.
     """
     rows, cols = shape2d[0], shape2d[1]
+    first = tf.cast(row_offset, tf.int32)
     key = _fmix32(
         _fmix32(tf.cast(seed, tf.uint32) + tf.constant(0x9E3779B9, tf.uint32))
         ^ tf.cast(position, tf.uint32)
     )
-    idx = tf.cast(tf.range(rows)[:, None] * cols + tf.range(cols)[None, :], tf.uint32)
+    idx = tf.cast((first + tf.range(rows))[:, None] * cols + tf.range(cols)[None, :], tf.uint32)
     h = _fmix32(_fmix32(idx ^ key) + key)
     # The top 24 bits as a float in (0, 1).
     return (tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) + 0.5) * (1.0 / (1 << 24))
 
 
-def draw(logits, seed, position):
+def draw(logits, seed, position, row_offset=0):
     """One token per row from categorical(logits), a pure function of (seed, position).
 
     Gumbel-max over counter-based uniforms (see `uniform`): identical with and without XLA.
@@ -110,10 +115,11 @@ def draw(logits, seed, position):
       logits: [B, K] float32 processed logits.
       seed: int scalar, the user's seed.
       position: int scalar, the sequence position (each position gets its own stream).
+      row_offset: int scalar, the batch row of logits' first row (see `uniform`).
 
     Returns:
       int32 [B].
     """
-    u = uniform(tf.shape(logits), seed, position)
+    u = uniform(tf.shape(logits), seed, position, row_offset)
     gumbel = -tf.math.log(-tf.math.log(u))
     return tf.argmax(tf.cast(logits, tf.float32) + gumbel, axis=-1, output_type=tf.int32)

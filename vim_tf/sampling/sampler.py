@@ -8,12 +8,12 @@ whichever `BatchSampler` draws them (in process, or through a served `generate` 
 import abc
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from vim_tf.sampling import decoding, seeds
 from vim_tf.sampling import settings as settings_lib
 from vim_tf.sampling.settings import SamplingSettings
+from vim_tf.utils import replicas
 
 
 def class_plan(num_samples, num_classes, class_ids=None):
@@ -78,8 +78,11 @@ class BatchSampler(abc.ABC):
         """Raises ValueError when this sampler's prior cannot serve guidance at `cfg_scale`."""
 
     @abc.abstractmethod
-    def draw_batch(self, class_ids, seed, batch_index, settings):
-        """One batch: (tokens [B, h, w] int32, images [B, H, W, 3] float32 in [0, 1])."""
+    def draw_batch(self, class_ids, seed, batch_index, settings, pad_to=None):
+        """One batch: (tokens [B, h, w] int32, images [B, H, W, 3] float32 in [0, 1]).
+
+        `pad_to`: the run's batch size; a sampler with compiled steps may pad a short last
+        batch to it (the same samples, no new compilation)."""
 
     def sample(self, class_ids, seed=0, settings=None, batch_size=100):
         """Returns (tokens int32 [N, h, w], images float32 [N, H, W, 3]) of every batch."""
@@ -102,7 +105,7 @@ class BatchSampler(abc.ABC):
         n = len(class_ids)
         for b, start in enumerate(range(0, n, batch_size)):
             ids = np.asarray(class_ids[start : start + batch_size], np.int32)
-            tokens, images = self.draw_batch(ids, seed, b, settings)
+            tokens, images = self.draw_batch(ids, seed, b, settings, pad_to=batch_size)
             logging.info("sampled %d/%d", min(start + batch_size, n), n)
             yield ids, tokens, images
 
@@ -118,9 +121,20 @@ class Sampler(BatchSampler):
         it); None: `vim_tf.sampling.settings.DEFAULT_JIT_COMPILE`.
       use_cache: the key/value cache (False: recompute the prefix at every step; reference).
       class_dropout: the prior's training class dropout (guidance needs it > 0).
+      strategy: a `tf.distribute.Strategy` whose local replicas each sample their share of
+        every batch (the same samples as one device: the draws are numbered by batch row);
+        None: the default device. The networks must have been built in its scope.
     """
 
-    def __init__(self, prior, tokenizer, jit_compile=None, use_cache=True, class_dropout=0.0):
+    def __init__(
+        self,
+        prior,
+        tokenizer,
+        jit_compile=None,
+        use_cache=True,
+        class_dropout=0.0,
+        strategy=None,
+    ):
         self.prior = prior
         self.tokenizer = tokenizer
         if jit_compile is None:
@@ -128,34 +142,48 @@ class Sampler(BatchSampler):
         self.jit_compile = bool(jit_compile)
         self.use_cache = use_cache
         self.class_dropout = class_dropout
+        self.strategy = strategy
         self.num_classes = prior.num_classes
-        self._fns = {}
+        self._runners = {}
 
     @classmethod
-    def of_trained_prior(cls, trained, jit_compile=None, use_cache=True):
+    def of_trained_prior(cls, trained, jit_compile=None, use_cache=True, strategy=None):
         """The sampler of a `vim_tf.models.loading.TrainedPrior` (network, tokenizer and the
         class dropout it was trained with)."""
         return cls(
-            trained.network, trained.tokenizer, jit_compile, use_cache, trained.class_dropout
+            trained.network,
+            trained.tokenizer,
+            jit_compile,
+            use_cache,
+            trained.class_dropout,
+            strategy,
         )
 
     def check_guidance(self, cfg_scale):
         check_guidance(self.num_classes, self.class_dropout, cfg_scale)
 
-    def _fn(self, guided):
-        if guided not in self._fns:
+    def _runner(self, guided):
+        if guided not in self._runners:
 
-            def run(class_ids, seed, settings):
+            def run(class_ids, row_offset, seed, settings):
                 tokens = decoding.sample_tokens(
-                    self.prior, class_ids, seed, settings, guided=guided, use_cache=self.use_cache
+                    self.prior,
+                    class_ids,
+                    seed,
+                    settings,
+                    guided=guided,
+                    use_cache=self.use_cache,
+                    row_offset=row_offset,
                 )
                 return tokens, self.tokenizer.decode(tokens)
 
-            self._fns[guided] = tf.function(run, jit_compile=self.jit_compile)
-        return self._fns[guided]
+            self._runners[guided] = replicas.ReplicaRunner(run, self.strategy, self.jit_compile)
+        return self._runners[guided]
 
-    def draw_batch(self, class_ids, seed, batch_index, settings):
-        tokens, images = self._fn(settings.guided)(
-            tf.constant(class_ids), seeds.batch_seed(seed, batch_index), settings.traced()
+    def draw_batch(self, class_ids, seed, batch_index, settings, pad_to=None):
+        return self._runner(settings.guided)(
+            np.asarray(class_ids, np.int32),
+            seeds.batch_seed(seed, batch_index),
+            settings.traced(),
+            pad_to=pad_to,
         )
-        return tokens.numpy(), images.numpy()

@@ -42,6 +42,33 @@ def run(main):
     app.run(guard(main))
 
 
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+def define_strategy_flags(role):
+    """Defines --strategy and --tpu (as tools/train.py has them); `role` says what the
+    replicas share (e.g. 'each replica samples its share of every batch')."""
+    flags.DEFINE_enum(
+        "strategy",
+        "default",
+        list(STRATEGIES),
+        f"tf.distribute strategy: {role}. multi_worker reads TF_CONFIG; the workers split the "
+        "output shards and the chief writes the merged results.",
+    )
+    flags.DEFINE_string("tpu", None, "TPU address for --strategy=tpu ('local' on a TPU VM).")
+
+
+def define_shard_flags(unit):
+    """Defines --shard_size (`unit`s per output shard) and --overwrite."""
+    flags.DEFINE_integer("shard_size", None, f"{unit} per output shard (default: see --help).")
+    flags.DEFINE_bool(
+        "overwrite",
+        False,
+        "Replace the shards of another run (other settings) in the output dir; without it such "
+        "a dir is refused. Rerunning the same command resumes instead.",
+    )
+
+
 def define_sampling_flags():
     """Defines --temperature --top_k --top_p --cfg_scale --seed (the sampling settings shared by
     tools/sample.py and tools/evaluate.py); `sampling_settings()` reads them back as a dict."""

@@ -100,6 +100,12 @@ def dirname(path):
     return posixpath.dirname(path.rstrip("/")) if is_remote(path) else os.path.dirname(path)
 
 
+def basename(path):
+    """The last component of `path` (a file or dir name)."""
+    path = os.fspath(path).rstrip("/")
+    return posixpath.basename(path) if is_remote(path) else os.path.basename(path)
+
+
 @_remote_errors_as_os_errors
 def exists(path):
     path = os.fspath(path)
@@ -291,13 +297,132 @@ def append_text(path, text):
         f.write(text)
 
 
-def save_npz(path, **arrays):
-    """`np.savez_compressed` to any file system, atomically."""
-    import numpy as np
+# A fixed member timestamp: the same arrays always give the same .npz bytes (numpy's own
+# writer stamps the current time), so a resumed run's files equal an uninterrupted run's.
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
+
+def save_npz(path, **arrays):
+    """Compressed .npz (what `np.savez_compressed` writes, minus the timestamps) to any file
+    system, atomically. The bytes depend only on the arrays."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    with NpzStreamWriter(buf) as npz:
+        for name, value in arrays.items():
+            npz.add_array(name, value)
     write_bytes(path, buf.getvalue())
+
+
+class NpzStreamWriter:
+    """Writes an .npz member by member to a write-only stream, each member from row chunks, so
+    arrays larger than memory can be saved: `add_array(name, array)` or `begin(name, dtype,
+    shape)` then `write(rows)` until `shape[0]` rows are written. Deflate-compressed; the
+    bytes depend only on the data.
+
+    Args:
+      fileobj: a binary file object open for writing (may be unseekable, e.g. a GFile).
+    """
+
+    def __init__(self, fileobj):
+        import zipfile
+
+        self._sink = _WriteOnly(fileobj)
+        self._zip = zipfile.ZipFile(self._sink, "w", zipfile.ZIP_DEFLATED)
+        self._member, self._rows_left = None, 0
+
+    def add_array(self, name, value):
+        import numpy as np
+
+        value = np.asanyarray(value)
+        self.begin(name, value.dtype, value.shape)
+        if value.ndim == 0:
+            self._member.write(np.ascontiguousarray(value).tobytes())
+        elif len(value):
+            self.write(value)
+        self._end()
+
+    def begin(self, name, dtype, shape):
+        """Starts member `name`.npy of an array of `dtype` and `shape` (C order)."""
+        import zipfile
+
+        import numpy as np
+
+        self._end()
+        info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        self._member = self._zip.open(info, "w", force_zip64=True)
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False}
+        np.lib.format.write_array_header_2_0(self._member, dict(header, shape=tuple(shape)))
+        self._rows_left = shape[0] if shape else 0
+        self._dtype = np.dtype(dtype)
+
+    def write(self, rows):
+        """Appends rows [n, ...] (cast to the member's dtype) to the open member."""
+        import numpy as np
+
+        rows = np.ascontiguousarray(rows, dtype=self._dtype)
+        if len(rows) > self._rows_left:
+            raise ValueError(f"{len(rows)} rows written, {self._rows_left} left in the member")
+        self._member.write(rows.tobytes())
+        self._rows_left -= len(rows)
+
+    def _end(self):
+        if self._member is None:
+            return
+        if self._rows_left:
+            raise ValueError(f"npz member closed with {self._rows_left} rows missing")
+        self._member.close()
+        self._member = None
+
+    def close(self):
+        self._end()
+        self._zip.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *unused):
+        if exc_type is None:
+            self.close()
+            return
+        # Abandoned: the zip's closing writes go nowhere (the file is discarded by the caller).
+        self._sink.discard = True
+        self._rows_left = 0
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+class _WriteOnly:
+    """A write-only view of a file object that counts its bytes (zipfile then writes data
+    descriptors instead of seeking back, which GFile writers cannot)."""
+
+    def __init__(self, fileobj):
+        self._f, self._pos = fileobj, 0
+        self.discard = False
+
+    def write(self, data):
+        if not self.discard:
+            self._f.write(data)
+        self._pos += len(data)
+        return len(data)
+
+    def tell(self):
+        return self._pos
+
+    def seekable(self):
+        return False
+
+    def flush(self):
+        if not self.discard:
+            self._f.flush()
+
+
+@contextlib.contextmanager
+def write_npz_stream(path):
+    """An `NpzStreamWriter` on `path` (any file system), renamed into place when the block
+    ends without an error."""
+    with _atomic(path, "wb") as f:
+        with NpzStreamWriter(f) as npz:
+            yield npz
 
 
 def load_npz(path):
