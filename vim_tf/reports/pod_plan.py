@@ -131,6 +131,11 @@ def markdown(result):
     ]
     for r in rows:
         hours = r["hours"]
-        shown = f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.1f} min"
+        if hours >= 1:
+            shown = f"{hours:.1f} h"
+        elif hours * 60 >= 1:
+            shown = f"{hours * 60:.1f} min"
+        else:
+            shown = f"{hours * 3600:.0f} s"
         lines.append(f"| {r['stage']} | {r['flops']:.3g} | {shown} | {r['note']} |")
     return "\n".join(lines)
