@@ -261,6 +261,29 @@ class AblationArgsTest(TestCase):
         run.assert_not_called()
         self.assertFalse(os.path.exists(os.path.join(output_dir, "digits")))
 
+    def test_plot_panel_of_one_row_keeps_a_margin_and_no_empty_legend(self):
+        from matplotlib.figure import Figure
+
+        usage = dict(mean=0.5, std=0.0, min=0.5, max=0.5, values=[0.5])
+        data = {"rows": [dict(row="baseline", restarts="off",
+                              metrics={"codebook_usage": usage, "rfid": None})]}  # fmt: skip
+        fig = Figure()
+        usage_ax, rfid_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+        ablation._plot_panel(usage_ax, data, ["baseline"], "codebook_usage")
+        ablation._plot_panel(rfid_ax, data, ["baseline"], "rfid")
+        # The one bar (width 0.38, centred at -0.19) spans less than half the x range.
+        (bar,) = usage_ax.patches
+        low, high = usage_ax.get_xlim()
+        self.assertLess(bar.get_width() / (high - low), 0.5)
+        self.assertAlmostEqual(bar.get_height(), 50.0)
+        self.assertCountEqual(
+            [t.get_text() for t in usage_ax.get_legend().get_texts()],
+            ["restarts off", "the paper (Table 4)"],
+        )
+        # Nothing to plot: the "not computed" note and no legend box.
+        self.assertIsNone(rfid_ax.get_legend())
+        self.assertEqual([t.get_text() for t in rfid_ax.texts], [ablation.NOT_COMPUTED])
+
     def test_paper_table_covers_every_row(self):
         self.assertEqual(set(ablation.PAPER_TABLE4), set(ablation.ROWS))
         self.assertEqual(ablation.paper_usage_text("dim_256"), "4%")

@@ -690,8 +690,11 @@ def _plot_panel(ax, data, names, metric):
         ax.text(0.5, 0.5, NOT_COMPUTED, ha="center", va="center", transform=ax.transAxes)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=30, ha="right")
+    # A fixed margin of half a slot each side: one row's bars would otherwise fill the panel.
+    ax.set_xlim(-0.5 - width, len(names) - 0.5 + width)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    if ax.get_legend_handles_labels()[1]:  # no empty legend box on a "not computed" panel
+        ax.legend(loc="best", fontsize=8)
 
 
 def output_paths(output_dir):
