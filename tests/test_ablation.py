@@ -22,7 +22,7 @@ from tiny import TINY_CLASSIFIER, TINY_VITVQGAN
 from vim_tf.data import digits
 from vim_tf.eval import evaluator
 from vim_tf.reports import ablation, pixel_probe
-from vim_tf.training import train_lib
+from vim_tf.training import train_lib, trainer
 from vim_tf.utils import fs
 from vim_tf.utils import model_dir as model_dir_lib
 
@@ -63,7 +63,22 @@ class AblationRunTest(TestCase):
         digits.load_digits_builder(16, cls.data_dir)
         cls.root = f"ram://ablation_test_{uuid.uuid4().hex[:8]}"
         gin.clear_config()
-        with mock.patch.object(train_lib, "run", wraps=train_lib.run) as run:
+        # Every model built (by training and by the step-0 measure): its network's initial
+        # weights, keyed by the seed and code_dim bound at the time.
+        cls.built = []
+        build_model = trainer.build_model
+
+        def record(*args, **kwargs):
+            model = build_model(*args, **kwargs)
+            if hasattr(model.network, "codebook"):
+                key = (gin.query_parameter("train.seed"), model.network.code_dim)
+                cls.built.append((key, [w.numpy().copy() for w in model.network.weights]))
+            return model
+
+        with (
+            mock.patch.object(train_lib, "run", wraps=train_lib.run) as run,
+            mock.patch.object(trainer, "build_model", side_effect=record),
+        ):
             cls.table = ablation.run_ablation(tiny_ablation(cls.root, cls.data_dir))
             cls.trained = model_dirs(run)
         cls.tag_dir = fs.join(cls.root, "digits")
@@ -115,6 +130,44 @@ class AblationRunTest(TestCase):
                 self.assertStartsWith(r["classifier"], "vim_tf_classifier:")
         # Seeds differ: another initialization gives other reconstructions.
         self.assertNotEqual(self.result("baseline", 0)["psnr"], self.result("baseline", 1)["psnr"])
+
+    def test_step0_figures_measure_the_initial_weights_training_started_from(self):
+        # Each run builds its model twice, to train and to measure step 0: the same weights.
+        keys = [key for key, _ in self.built]
+        expected = [(s, {"baseline": 32, "dim_8": 8}[r]) for r in ROWS for s in range(SEEDS)]
+        self.assertEqual(keys, [k for k in expected for _ in range(2)])
+        for (_, trained), (_, measured) in zip(self.built[::2], self.built[1::2]):
+            self.assertEqual(len(trained), len(measured))
+            for a, b in zip(trained, measured):
+                self.assertAllEqual(a, b)
+        flat = [np.concatenate([w.ravel() for w in weights]) for _, weights in self.built]
+        self.assertNotAllClose(flat[0], flat[2])  # seeds 0 and 1
+        for row in ROWS:
+            for seed in range(SEEDS):
+                r = self.result(row, seed)
+                # A fraction of the 16 codes; a cosine in [-1, 1] that depends on the weights.
+                self.assertAllClose(r["init_usage"] * 16, round(r["init_usage"] * 16))
+                self.assertBetween(r["init_usage"], 1 / 16, 1.0)
+                self.assertBetween(r["init_cosine"], -1.0, 1.0)
+        self.assertNotEqual(
+            self.result("baseline", 0)["init_cosine"], self.result("baseline", 1)["init_cosine"]
+        )
+
+    def test_rerun_adds_missing_step0_figures_without_training_or_evaluating(self):
+        path = fs.join(ablation.run_dir(self.tag_dir, "baseline", "off", 1), "result.json")
+        text = fs.read_text(path)
+        old = fs.read_json(path)
+        for k in ablation.INIT_METRICS:
+            del old[k]
+        fs.write_json(path, old)  # a result written before the step-0 figures existed
+        with (
+            mock.patch.object(train_lib, "run") as run,
+            mock.patch.object(evaluator, "evaluate") as evaluate,
+        ):
+            ablation.run_ablation(tiny_ablation(self.root, self.data_dir))
+        run.assert_not_called()
+        evaluate.assert_not_called()
+        self.assertEqual(fs.read_text(path), text)
 
     def test_table_json_markdown_and_csv_agree(self):
         md, csv_path, json_path, png = ablation.output_paths(self.root)

@@ -84,3 +84,64 @@ def evaluate_quantizer(
         metrics["classifier"] = network.name
     metrics["examples"] = (np.stack(inputs), np.stack(recs))
     return metrics
+
+
+def mean_pairwise_cosine(vectors):
+    """Mean cosine similarity over all unordered pairs of distinct rows of `vectors` [N, d]
+    (N >= 2); float64. Uses sum_{i != j} u_i.u_j = ||sum_i u_i||^2 - N for unit rows u_i, so
+    memory is N*d, not N*N."""
+    v = np.asarray(vectors, np.float64).reshape(-1, np.shape(vectors)[-1])
+    n = v.shape[0]
+    if n < 2:
+        raise ValueError(f"need at least 2 vectors for a pairwise cosine, got {n}")
+    u = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    total = np.sum(u, axis=0)
+    return float((total @ total - n) / (n * (n - 1)))
+
+
+def lookup_geometry(
+    model, dataset_fn=input_pipeline.make_dataset, split="test", max_tokens=4096, batch_size=None
+):
+    """Where a tokenizer's lookup vectors lie: how many codes the split's tokens reach and how
+    spread out their lookup vectors are. Meant for a freshly initialized tokenizer: if its
+    encoder maps every patch into a narrow cone, the first steps pull all tokens onto the few
+    codes nearest that cone and the rest of the codebook never gets a gradient.
+
+    Returns:
+      dict with `codebook_usage` and `perplexity` of the split's codes (as `evaluate_quantizer`
+      counts them), `lookup_cosine`: the mean pairwise cosine similarity of the lookup vectors of
+      the split's first `max_tokens` tokens (about 0 for directions spread over the sphere, 1 when
+      all point the same way), `num_tokens` it was taken over and `num_images`.
+    """
+    kwargs = {"batch_size": batch_size} if batch_size else {}
+    ds = dataset_fn(split=split, training=False, **kwargs)
+
+    @tf.function
+    def run(images):
+        z, idx = model.codebook.lookup(model.encoder(images, training=False))
+        counts = tf.math.unsorted_segment_sum(
+            tf.ones_like(tf.reshape(idx, [-1]), tf.float32),
+            tf.reshape(idx, [-1]),
+            model.codebook_size,
+        )
+        return tf.reshape(z, [-1, tf.shape(z)[-1]]), counts
+
+    counts = np.zeros([model.codebook_size], np.float64)
+    sample, taken, n = [], 0, 0
+    for batch in ds:
+        z, c = run(batch["image"])
+        counts += c.numpy()
+        n += int(batch["image"].shape[0])
+        if taken < max_tokens:
+            sample.append(z.numpy()[: max_tokens - taken])
+            taken += len(sample[-1])
+    if n == 0:
+        raise ValueError(f"split {split!r} is empty: nothing to measure")
+    usage, perplexity = code_statistics(tf.constant(counts, tf.float32))
+    return dict(
+        codebook_usage=float(usage),
+        perplexity=float(perplexity),
+        lookup_cosine=mean_pairwise_cosine(np.concatenate(sample)),
+        num_tokens=taken,
+        num_images=n,
+    )

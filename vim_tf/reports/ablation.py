@@ -7,6 +7,9 @@ quantizer) and on (the digits recipe's), for several seeds, to the same `train_s
 trains through `train_lib.run` (what `tools/train.py` does) and is scored on the test split by
 `evaluator.evaluate` (what `tools/evaluate.py` does): codebook usage over the whole split,
 perplexity, PSNR, SSIM, rFID when a scoring network is at hand, and the training wall time.
+Each run's tokenizer is also measured as its training starts (`_init_geometry`): how many codes
+the test split reaches and how spread its lookup vectors are at step 0, which tells a codebook
+that collapses in training from one that starts collapsed.
 
 Layout of `output_dir` (every file through `vim_tf.utils.fs`, so any TF file system works):
 
@@ -22,7 +25,8 @@ Resuming: every file is written atomically, and a run with a `result.json` is ne
 rerunning a killed ablation with the same command runs only the missing runs. A run killed
 during training restarts cleanly: its model dir is removed and it trains again from step 0
 (the figures and the wall time then come from one uninterrupted run, as for every other run);
-a run killed after training (`trained.json` written) is only evaluated again.
+a run killed after training (`trained.json` written) is only evaluated again. A result written
+before the step-0 figures existed gets them added on the next rerun (no retraining).
 """
 
 import dataclasses
@@ -38,7 +42,10 @@ from vim_tf.utils import fs
 DEFAULT_GIN_FILE = "experiments/digits_vitvqgan.gin"
 CLASSIFIER_GIN_FILE = "experiments/digits_classifier.gin"
 RESTARTS = ("off", "on")
-METRICS = ("codebook_usage", "perplexity", "psnr", "ssim", "rfid", "train_seconds")
+# The evaluator's figures of the trained model, then the codebook's state as training starts.
+EVAL_METRICS = ("codebook_usage", "perplexity", "psnr", "ssim", "rfid")
+INIT_METRICS = ("init_usage", "init_cosine")
+METRICS = (*EVAL_METRICS, "train_seconds", *INIT_METRICS)
 OUTPUT_NAME = "ablation"
 
 
@@ -371,6 +378,32 @@ def _train_run(ablation, spec, key, directory):
     return seconds
 
 
+def _init_geometry(ablation, spec, key):
+    """The run's tokenizer as its training starts, measured on the test split: the model built
+    as the trainer builds it (same config, `keras.utils.set_random_seed(seed)` first, so the
+    same initial weights), untrained. `init_usage` is the fraction of codes the test split's
+    tokens reach, `init_cosine` the mean pairwise cosine of their lookup vectors (0: spread
+    over the sphere, 1: all one direction), both in float32.
+    """
+    import keras
+    import tensorflow as tf
+
+    from vim_tf.config import gin_utils
+    from vim_tf.eval import quantizer_eval
+    from vim_tf.training import trainer
+
+    files, bindings = ablation.run_config(*key, spec["train_steps"])
+    _fresh_start()
+    try:
+        gin_utils.parse(files, bindings)
+        keras.utils.set_random_seed(key[2])  # the run's `train.seed`
+        model = trainer.build_model(tf.distribute.get_strategy())
+        geometry = quantizer_eval.lookup_geometry(model.network)
+    finally:
+        _fresh_start()
+    return dict(init_usage=geometry["codebook_usage"], init_cosine=geometry["lookup_cosine"])
+
+
 def _run_one(ablation, spec, key, directory, scoring):
     """Trains and evaluates one (row, restarts, seed) unless its result exists; returns it."""
     from vim_tf.eval import evaluator
@@ -378,7 +411,11 @@ def _run_one(ablation, spec, key, directory, scoring):
     result_path = fs.join(directory, "result.json")
     if fs.exists(result_path):
         logging.info("%s: done before (%s)", key, result_path)
-        return fs.read_json(result_path)
+        result = fs.read_json(result_path)
+        if any(k not in result for k in INIT_METRICS):  # a result from before they existed
+            result.update(_init_geometry(ablation, spec, key))
+            fs.write_json(result_path, result)
+        return result
     trained = fs.join(directory, "trained.json")
     if fs.exists(trained):
         record = fs.read_json(trained)
@@ -409,7 +446,8 @@ def _run_one(ablation, spec, key, directory, scoring):
         num_images=metrics["num_images"],
         codebook_size=metrics["codebook_size"],
         classifier=metrics.get("classifier"),
-        **{k: metrics.get(k) for k in METRICS if k != "train_seconds"},
+        **{k: metrics.get(k) for k in EVAL_METRICS},
+        **_init_geometry(ablation, spec, key),
     )
     fs.write_json(result_path, result)
     return result
@@ -561,6 +599,8 @@ COLUMNS = {
     "ssim": ("SSIM", 1.0, 3, ""),
     "rfid": ("rFID", 1.0, 2, ""),
     "train_seconds": ("train time (s)", 1.0, 0, ""),
+    "init_usage": ("usage at step 0", 100.0, 1, "%"),
+    "init_cosine": ("lookup cosine at step 0", 1.0, 2, ""),
 }
 NOT_COMPUTED = "not computed"
 
