@@ -681,8 +681,9 @@ def to_csv(table):
 
 
 def plot(table, path):
-    """A PNG per the table: per dataset, codebook usage (with the paper's as markers), PSNR and
-    rFID by row, bars at the seed mean with min-max error bars, restarts off and on side by side.
+    """A PNG per the table: per dataset, codebook usage (with the paper's and the step-0 usage as
+    markers), PSNR and rFID by row, bars at the seed mean with min-max error bars, restarts off
+    and on side by side.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -726,6 +727,15 @@ def _plot_panel(ax, data, names, metric):
             if usage:
                 ax.plot([x - 0.5 * width], [100 * sum(usage) / 2], "kD", label=None)
         ax.plot([], [], "kD", label="the paper (Table 4)")
+        # Usage as training starts (the same initial weights with restarts off and on).
+        init = [
+            (x, 100 * r["metrics"]["init_usage"]["mean"])
+            for x, name in enumerate(names)
+            for r in data["rows"]
+            if r["row"] == name and r["restarts"] == RESTARTS[0] and r["metrics"].get("init_usage")
+        ]
+        if init:
+            ax.plot(*zip(*init), "o", mfc="none", mec="0.3", label="at step 0")
     if not ax.patches:
         ax.text(0.5, 0.5, NOT_COMPUTED, ha="center", va="center", transform=ax.transAxes)
     ax.set_xticks(range(len(names)))
