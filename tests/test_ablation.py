@@ -337,6 +337,28 @@ class AblationArgsTest(TestCase):
         self.assertIsNone(rfid_ax.get_legend())
         self.assertEqual([t.get_text() for t in rfid_ax.texts], [ablation.NOT_COMPUTED])
 
+    def test_step0_usage_marker_per_row_from_either_restart_setting(self):
+        from matplotlib.figure import Figure
+
+        def stats(v):
+            return dict(mean=v, std=0.0, min=v, max=v, values=[v])
+
+        data = {"rows": [
+            dict(row="baseline", restarts="on",
+                 metrics={"codebook_usage": stats(0.5), "init_usage": stats(0.25)}),
+            dict(row="dim_8", restarts="off",
+                 metrics={"codebook_usage": stats(0.1), "init_usage": stats(0.125)}),
+            dict(row="dim_8", restarts="on",
+                 metrics={"codebook_usage": stats(0.3), "init_usage": stats(0.125)}),
+            dict(row="cnn", restarts="off", metrics={"codebook_usage": stats(0.2)}),
+        ]}  # fmt: skip
+        ax = Figure().add_subplot(1, 1, 1)
+        ablation._plot_panel(ax, data, ["baseline", "dim_8", "cnn"], "codebook_usage")
+        (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "at step 0"]
+        # One marker per row that has the figure (cnn, from an older result, has none).
+        self.assertAllClose(line.get_xdata(), [0, 1])
+        self.assertAllClose(line.get_ydata(), [25.0, 12.5])
+
     def test_paper_table_covers_every_row(self):
         self.assertEqual(set(ablation.PAPER_TABLE4), set(ablation.ROWS))
         self.assertEqual(ablation.paper_usage_text("dim_256"), "4%")

@@ -103,9 +103,9 @@ def lookup_geometry(
     model, dataset_fn=input_pipeline.make_dataset, split="test", max_tokens=4096, batch_size=None
 ):
     """Where a tokenizer's lookup vectors lie: how many codes the split's tokens reach and how
-    spread out their lookup vectors are. Meant for a freshly initialized tokenizer: if its
-    encoder maps every patch into a narrow cone, the first steps pull all tokens onto the few
-    codes nearest that cone and the rest of the codebook never gets a gradient.
+    spread out their lookup vectors are. Meant for a freshly initialized tokenizer: an encoder
+    whose lookup vectors all point one way reaches few codes from the start, which tells a
+    codebook that starts collapsed from one that collapses in training.
 
     Returns:
       dict with `codebook_usage` and `perplexity` of the split's codes (as `evaluate_quantizer`

@@ -727,13 +727,13 @@ def _plot_panel(ax, data, names, metric):
             if usage:
                 ax.plot([x - 0.5 * width], [100 * sum(usage) / 2], "kD", label=None)
         ax.plot([], [], "kD", label="the paper (Table 4)")
-        # Usage as training starts (the same initial weights with restarts off and on).
-        init = [
-            (x, 100 * r["metrics"]["init_usage"]["mean"])
-            for x, name in enumerate(names)
-            for r in data["rows"]
-            if r["row"] == name and r["restarts"] == RESTARTS[0] and r["metrics"].get("init_usage")
-        ]
+        # Usage as training starts: one marker per row (restarts off and on start from the
+        # same weights), from whichever restart setting has the figure.
+        at_start = {}
+        for r in data["rows"]:
+            if r["metrics"].get("init_usage"):
+                at_start.setdefault(r["row"], 100 * r["metrics"]["init_usage"]["mean"])
+        init = [(x, at_start[name]) for x, name in enumerate(names) if name in at_start]
         if init:
             ax.plot(*zip(*init), "o", mfc="none", mec="0.3", label="at step 0")
     if not ax.patches:
