@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from vim_tf.data import input_pipeline
 from vim_tf.eval import streaming_scores
-from vim_tf.models.quantizer import code_statistics
+from vim_tf.models.quantizer import code_counts, code_statistics
 from vim_tf.utils import images as image_utils
 
 
@@ -32,11 +32,7 @@ def evaluate_quantizer(
     def run(images):
         idx = model.encode(images)
         rec = model.decode(idx)
-        counts = tf.math.unsorted_segment_sum(
-            tf.ones_like(tf.reshape(idx, [-1]), tf.float32),
-            tf.reshape(idx, [-1]),
-            model.codebook_size,
-        )
+        counts = code_counts(idx, model.codebook_size)
         err = rec - images
         return {
             "psnr": image_utils.psnr(images, rec),
@@ -119,11 +115,7 @@ def lookup_geometry(
     @tf.function
     def run(images):
         z, idx = model.codebook.lookup(model.encoder(images, training=False))
-        counts = tf.math.unsorted_segment_sum(
-            tf.ones_like(tf.reshape(idx, [-1]), tf.float32),
-            tf.reshape(idx, [-1]),
-            model.codebook_size,
-        )
+        counts = code_counts(idx, model.codebook_size)
         return tf.reshape(z, [-1, tf.shape(z)[-1]]), counts
 
     counts = np.zeros([model.codebook_size], np.float64)

@@ -39,6 +39,12 @@ def nearest_codes(z, codebook, normalized):
     return tf.argmin(dist, axis=-1, output_type=tf.int32)
 
 
+def code_counts(indices, codebook_size):
+    """float32 [codebook_size]: how often each code occurs in `indices` (int, any shape)."""
+    flat = tf.reshape(indices, [-1])
+    return tf.math.unsorted_segment_sum(tf.ones_like(flat, tf.float32), flat, codebook_size)
+
+
 def code_statistics(counts):
     """Codebook usage and perplexity from code counts.
 
@@ -173,11 +179,7 @@ class VectorQuantizer(keras.layers.Layer):
         commitment_loss = ops.mean(ops.sum(ops.square(z_lookup - ops.stop_gradient(e)), axis=-1))
         # Straight-through: forward pass uses e, the gradient flows to z unchanged.
         quantized = z_lookup + ops.stop_gradient(e - z_lookup)
-        counts = tf.math.unsorted_segment_sum(
-            tf.ones_like(tf.reshape(indices, [-1]), dtype=tf.float32),
-            tf.reshape(indices, [-1]),
-            self.codebook_size,
-        )
+        counts = code_counts(indices, self.codebook_size)
         return {
             "z": z_lookup,
             "codes": self.out_proj(ops.cast(quantized, self.compute_dtype)),
